@@ -1,0 +1,207 @@
+"""The exception tree of Lake.
+
+Every error stores its fields and builds a one-line message that says what happened and
+what to do. Only ``loader/cli.py`` maps these to exit codes.
+
+``RunRejectedError`` and its children are *terminal* for a run: the run is quarantined and
+never retried automatically. ``LockHeldError`` is *transient*: nothing moved, retry later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class LakehouseError(Exception):
+    """Root of every error Lake raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(LakehouseError):
+    """``lake.toml`` or a contract it names is wrong (exit 2)."""
+
+    def __init__(self, problem: str, *, table: str | None = None, key: str | None = None,
+                 path: str | None = None) -> None:
+        self.table, self.key, self.path, self.problem = table, key, path, problem
+        where = []
+        if path:
+            where.append(str(path))
+        if table:
+            where.append(f"[tables.{table}]")
+        if key:
+            where.append(f"key '{key}'")
+        prefix = " ".join(where)
+        super().__init__(f"config error: {prefix + ': ' if prefix else ''}{problem}")
+
+
+class UsageError(LakehouseError):
+    """The command was called wrongly, e.g. the root was never initialised (exit 2)."""
+
+
+class LockHeldError(LakehouseError):
+    """Another process holds the warehouse (exit 75, retry on the next cron tick)."""
+
+    def __init__(self, path: str, holder: dict[str, Any] | None, *, waited: float = 0.0,
+                 detail: str = "") -> None:
+        self.path, self.holder, self.waited = path, holder or {}, waited
+        who = describe_holder(self.holder) if self.holder else "another process"
+        extra = f" ({detail})" if detail else ""
+        super().__init__(
+            f"warehouse busy: {path} is held by {who}{extra}; waited {waited:.1f}s. "
+            "Retry later, raise --lock-timeout, or stop that process if it is stuck."
+        )
+
+
+def describe_holder(holder: dict[str, Any]) -> str:
+    """Render lock-holder metadata as ``pid 12 on host since T (command)``."""
+    parts = [f"pid {holder.get('pid', '?')}"]
+    if holder.get("host"):
+        parts.append(f"on {holder['host']}")
+    if holder.get("since"):
+        parts.append(f"since {holder['since']}")
+    text = " ".join(parts)
+    if holder.get("command"):
+        text += f" ({holder['command']})"
+    return text
+
+
+class WarehouseError(LakehouseError):
+    """DuckDB failed in a way Lake did not expect; the message carries the driver's text."""
+
+    def __init__(self, action: str, detail: str) -> None:
+        self.action, self.detail = action, detail
+        super().__init__(f"warehouse error while {action}: {detail}")
+
+
+class LoadAbortedError(LakehouseError):
+    """A table with ``on_invalid = "abort"`` met an invalid run: the load stopped there."""
+
+    def __init__(self, table: str, run_id: str, reason: str) -> None:
+        self.table, self.run_id, self.reason = table, run_id, reason
+        super().__init__(
+            f"load aborted at run {run_id} of table {table}: {reason}. The run stays in "
+            "staging; fix the data or the contract, then run `lake load` again."
+        )
+
+
+class StopRequestedError(LakehouseError):
+    """A signal asked the loader to stop at the next safe point; nothing was lost."""
+
+    def __init__(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+        super().__init__(f"stopped by {signal_name} at a safe point; run the command again to go on")
+
+
+@dataclass
+class FailureRecord:
+    """One failed check of one run, as stored in ``_reason.json`` and ``meta.asset_checks``."""
+
+    check: str
+    column: str | None = None
+    failure_case: Any = None
+    row: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"check": self.check, "column": self.column,
+                "failure_case": _jsonable(self.failure_case), "row": self.row}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+class RunRejectedError(LakehouseError):
+    """A run cannot be loaded as it is. Terminal: the run goes to quarantine with this reason."""
+
+    code = "rejected"
+
+    def __init__(self, table: str, run_id: str, problem: str, *,
+                 failures: list[FailureRecord] | None = None, total_failures: int | None = None,
+                 path: str | None = None) -> None:
+        self.table, self.run_id, self.problem, self.path = table, run_id, problem, path
+        self.failures = failures or []
+        self.total_failures = total_failures if total_failures is not None else len(self.failures)
+        super().__init__(f"run {run_id} of table {table} rejected ({self.code}): {problem}")
+
+    def reason(self) -> dict[str, Any]:
+        """Return the structured reason written to ``_reason.json``."""
+        return {
+            "code": self.code,
+            "table": self.table,
+            "run_id": self.run_id,
+            "message": self.problem,
+            "failure_count": self.total_failures,
+            "failure_sample": [f.as_dict() for f in self.failures[:SAMPLE_SIZE]],
+        }
+
+
+SAMPLE_SIZE = 20
+
+
+class ManifestError(RunRejectedError):
+    """The manifest is unreadable or does not match the files on disk."""
+
+    code = "manifest_mismatch"
+
+
+class CorruptFileError(RunRejectedError):
+    """A data file is not readable Parquet."""
+
+    code = "corrupt_file"
+
+
+class InvalidRunError(RunRejectedError):
+    """The run's folder, table or names are not acceptable (hostile or unknown names, empty run)."""
+
+    code = "invalid_run"
+
+
+class SchemaChangeError(RunRejectedError):
+    """The run's columns differ from the table's in a way the contract does not allow."""
+
+    code = "schema_change"
+
+
+class ContractViolation(RunRejectedError):
+    """Validation against the table contract failed; carries every failure (pandera lazy)."""
+
+    code = "contract_violation"
+
+    def __init__(self, table: str, run_id: str, failures: list[FailureRecord], *,
+                 total_failures: int | None = None, schema_level: bool = True) -> None:
+        total = total_failures if total_failures is not None else len(failures)
+        self.schema_level = schema_level
+        super().__init__(table, run_id, summarize_failures(failures, total),
+                         failures=failures, total_failures=total)
+
+
+class KeyConflictError(RunRejectedError):
+    """An ``append`` run repeats primary keys already in the table."""
+
+    code = "key_conflict"
+
+
+def summarize_failures(failures: list[FailureRecord], total: int, shown: int = 3) -> str:
+    """One-line summary of failures that ends with '... and N more'."""
+    if not failures:
+        return "contract violated"
+    parts = []
+    for f in failures[:shown]:
+        where = f"column {f.column!r}" if f.column else "table"
+        case = "" if f.failure_case is None else f" (value {f.failure_case!r})"
+        row = "" if f.row is None else f" at row {f.row}"
+        parts.append(f"{where} failed {f.check}{case}{row}")
+    text = "; ".join(parts)
+    if total > shown:
+        text += f" ... and {total - shown} more"
+    return text

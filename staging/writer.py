@@ -1,0 +1,228 @@
+"""The producer side: stage Parquet files into a run folder and commit it with a manifest.
+
+Producers never take a lock and never import duckdb or pandera. Each file is written under a
+temp name, fsynced and renamed; the manifest is written the same way and last, so a run is
+either invisible (no manifest) or complete. Goes through fsspec so a root may be a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, is_local
+from lakehouse.layout import (
+    ABANDONED_NAME,
+    DATA_SUFFIX,
+    MANIFEST_NAME,
+    RESERVED_PREFIX,
+    STAGING_DIR,
+    is_identifier,
+    new_run_id,
+)
+from lakehouse.manifest import FileEntry, Manifest
+
+PARQUET_COMPRESSION = "zstd"
+
+
+class StagingError(ValueError):
+    """A producer called the staging API with something it cannot stage."""
+
+
+class StagedRun:
+    """One producer run: a folder of Parquet files committed together by a manifest.
+
+    Use :func:`stage_run`, which commits on a clean exit and abandons on an exception.
+    """
+
+    def __init__(self, root: str | Path, table: str, *, producer: str = "producer",
+                 key: str | None = None, fs: Any = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        if not is_identifier(table):
+            raise StagingError(
+                f"table name {table!r} is not allowed: use letters, digits and '_' "
+                "(at most 63, not starting with a digit)"
+            )
+        if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
+            raise StagingError("idempotency key must be a non-empty string of at most 512 chars")
+        if fs is None:
+            fs, root_path = fsspec.core.url_to_fs(str(root))
+        else:
+            root_path = str(root)
+        self.fs = fs
+        self.local = is_local(fs)
+        self.table = table
+        self.producer = producer
+        self.key = key
+        self.extra = dict(extra or {})
+        self.run_id = new_run_id(producer)
+        self.created_at = _now()
+        self.path = f"{str(root_path).rstrip('/')}/{STAGING_DIR}/{table}/{self.run_id}"
+        self.files: list[FileEntry] = []
+        self.schema: pa.Schema | None = None
+        self.state = "open"
+        self.manifest: Manifest | None = None
+        self.fs.makedirs(self.path, exist_ok=True)
+        if self.local:
+            fsync_dir(str(Path(self.path).parent))
+
+    def write(self, data: Any, *, name: str | None = None) -> FileEntry:
+        """Stage one data file (pyarrow Table/RecordBatch, pandas or polars DataFrame).
+
+        Every file of a run must have the same schema.
+
+        Raises:
+            StagingError: the run is closed, the data is of an unknown kind, or its schema
+                differs from the run's first file or uses reserved/unsafe column names.
+        """
+        if self.state != "open":
+            raise StagingError(f"run {self.run_id} is {self.state}; start a new run")
+        table = to_arrow(data)
+        self._check_schema(table.schema)
+        file_name = name or f"part-{len(self.files):05d}{DATA_SUFFIX}"
+        if not is_identifier(file_name.removesuffix(DATA_SUFFIX).replace("-", "_")) or \
+                not file_name.endswith(DATA_SUFFIX):
+            raise StagingError(f"file name {file_name!r} must be a simple name ending in .parquet")
+        if any(f.name == file_name for f in self.files):
+            raise StagingError(f"file {file_name!r} was already written in this run")
+        size, digest = atomic_write(
+            f"{self.path}/{file_name}",
+            lambda w: pq.write_table(table, w, compression=PARQUET_COMPRESSION),
+            fs=None if self.local else self.fs,
+        )
+        entry = FileEntry(file_name, table.num_rows, size, digest)
+        self.files.append(entry)
+        return entry
+
+    def commit(self) -> Manifest | None:
+        """Write the manifest last, which commits the run. A run with no files commits nothing."""
+        if self.state != "open":
+            raise StagingError(f"run {self.run_id} is {self.state}")
+        if not self.files:
+            self._remove_empty_folder()
+            self.state = "empty"
+            return None
+        assert self.schema is not None
+        manifest = Manifest(
+            table=self.table, run_id=self.run_id, producer=self.producer,
+            created_at=self.created_at, committed_at=_now(), files=tuple(self.files),
+            schema=tuple((f.name, str(f.type)) for f in self.schema), key=self.key,
+            extra=self.extra,
+        )
+        # The manifest is the commit point: written after every data file is durable.
+        atomic_write_bytes(f"{self.path}/{MANIFEST_NAME}", manifest.to_json(),
+                           fs=None if self.local else self.fs)
+        self.state = "committed"
+        self.manifest = manifest
+        return manifest
+
+    def abandon(self, error: BaseException | None = None) -> None:
+        """Mark the run abandoned: it is never loaded; `lake cleanup` quarantines it later."""
+        if self.state != "open":
+            return
+        self.state = "abandoned"
+        note = {
+            "run_id": self.run_id,
+            "abandoned_at": _now(),
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "traceback": None if error is None else traceback.format_exception(error)[-3:],
+        }
+        try:
+            atomic_write_bytes(f"{self.path}/{ABANDONED_NAME}", json.dumps(note).encode(),
+                               fs=None if self.local else self.fs)
+        except OSError:
+            pass  # best effort: without a manifest the run is never loaded anyway
+
+    def _check_schema(self, schema: pa.Schema) -> None:
+        if self.schema is None:
+            bad = [n for n in schema.names if not is_identifier(n) or
+                   n.lower().startswith(RESERVED_PREFIX)]
+            if bad:
+                raise StagingError(
+                    f"column names {bad!r} are not allowed: use letters, digits and '_', "
+                    f"and do not start with {RESERVED_PREFIX!r}"
+                )
+            lowered = [n.lower() for n in schema.names]
+            if len(set(lowered)) != len(lowered):
+                raise StagingError(f"column names {schema.names!r} repeat (ignoring case)")
+            self.schema = schema
+        elif not schema.equals(self.schema, check_metadata=False):
+            raise StagingError(
+                f"every file of a run must have one schema; first was {_describe(self.schema)}, "
+                f"this one is {_describe(schema)}"
+            )
+
+    def _remove_empty_folder(self) -> None:
+        try:
+            self.fs.rmdir(self.path)
+        except OSError:
+            pass
+
+
+@contextmanager
+def stage_run(root: str | Path, table: str, *, producer: str = "producer",
+              key: str | None = None, fs: Any = None,
+              extra: dict[str, Any] | None = None) -> Iterator[StagedRun]:
+    """Open a run; leaving the block commits it, an exception abandons it.
+
+    Args:
+        root: the lake root (a folder, or an fsspec URL).
+        table: the table the run feeds; must be declared in the loader's ``lake.toml``.
+        producer: a short name for who staged it, embedded in the run id.
+        key: an idempotency key. A producer that retries after a crash passes the same key;
+            the loader loads a key once and records repeats as skipped.
+        fs: an fsspec file system to use instead of the one the root's URL implies.
+        extra: small JSON-ready metadata stored in the manifest.
+    """
+    run = StagedRun(root, table, producer=producer, key=key, fs=fs, extra=extra)
+    try:
+        yield run
+    except BaseException as exc:
+        run.abandon(exc)
+        raise
+    run.commit()
+
+
+def stage(root: str | Path, table: str, data: Any, *, producer: str = "producer",
+          key: str | None = None, fs: Any = None) -> Manifest | None:
+    """Stage ``data`` as a one-file run and commit it; return its manifest."""
+    with stage_run(root, table, producer=producer, key=key, fs=fs) as run:
+        run.write(data)
+    return run.manifest
+
+
+def to_arrow(data: Any) -> pa.Table:
+    """Convert what a producer hands us to a pyarrow Table without importing pandas/polars."""
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    module = type(data).__module__.split(".")[0]
+    if module == "pandas" and "pandas" in sys.modules:
+        return pa.Table.from_pandas(data, preserve_index=False)
+    if module == "polars" and hasattr(data, "to_arrow"):
+        return data.to_arrow()
+    if hasattr(data, "__arrow_c_stream__"):
+        return pa.table(data)
+    raise StagingError(
+        f"cannot stage a {type(data).__name__}: pass a pyarrow Table or RecordBatch, "
+        "or a pandas or polars DataFrame"
+    )
+
+
+def _describe(schema: pa.Schema) -> str:
+    return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
