@@ -75,9 +75,18 @@ def describe_holder(holder: dict[str, Any]) -> str:
 class WarehouseError(LakehouseError):
     """DuckDB failed in a way Lake did not expect; the message carries the driver's text."""
 
-    def __init__(self, action: str, detail: str) -> None:
-        self.action, self.detail = action, detail
+    # Driver error kinds caused by the data of a batch (not by the disk or the process):
+    # the loader isolates the run that causes them and quarantines it.
+    DATA_KINDS = frozenset({"ConversionException", "ConstraintException", "InvalidInputException",
+                            "OutOfRangeException", "TypeMismatchException", "BinderException"})
+
+    def __init__(self, action: str, detail: str, kind: str = "") -> None:
+        self.action, self.detail, self.kind = action, detail, kind
         super().__init__(f"warehouse error while {action}: {detail}")
+
+    @property
+    def caused_by_data(self) -> bool:
+        return self.kind in self.DATA_KINDS
 
 
 class LoadAbortedError(LakehouseError):

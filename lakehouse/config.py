@@ -1,0 +1,236 @@
+"""``lake.toml``: lake settings and table contracts, parsed into frozen dataclasses.
+
+Every field is documented in ``docs/CONTRACTS.md``. A mistake raises :class:`ConfigError`
+naming the table and key at fault (the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from lakehouse.errors import ConfigError, UsageError
+from lakehouse.layout import RESERVED_PREFIX, LakePaths, is_identifier
+
+MERGE_STRATEGIES = ("append", "upsert", "replace_partition")
+ON_INVALID = ("quarantine", "drop_rows", "abort")
+SCHEMA_EVOLUTION = ("freeze", "add_columns")
+GRANULARITIES = ("identity", "day", "month", "year")
+
+CONFIG_TEMPLATE = """\
+# Lake configuration: settings and one [tables.<name>] section per table.
+# Every key is described in docs/CONTRACTS.md.
+
+[lake]
+retention_days = 7            # how long loaded runs stay in archive/; 0 deletes them
+abandon_after_hours = 24      # uncommitted runs older than this are cleaned up
+
+# [tables.events]
+# schema = "contracts.events:EventSchema"   # a pandera schema or model, by import path
+# primary_key = ["event_id"]
+# partition_by = { column = "ts", granularity = "month" }   # identity | day | month | year
+# merge = "upsert"                # append | upsert | replace_partition
+# on_invalid = "quarantine"       # quarantine | drop_rows | abort
+# schema_evolution = "add_columns"   # freeze | add_columns
+"""
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How a table is partitioned: by ``column``, truncated to ``granularity``."""
+
+    column: str
+    granularity: str = "identity"
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """One table's contract, from ``[tables.<name>]``."""
+
+    name: str
+    schema: str | None = None
+    schema_file: str | None = None
+    primary_key: tuple[str, ...] = ()
+    partition_by: PartitionSpec | None = None
+    merge: str = "append"
+    on_invalid: str = "quarantine"
+    schema_evolution: str = "freeze"
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """The ``[lake]`` section."""
+
+    retention_days: int = 7
+    abandon_after_hours: float = 24.0
+    batch_max_rows: int = 1_000_000  # rows merged in one transaction at most
+    batch_max_runs: int = 2_000  # runs merged in one transaction at most
+    batch_max_bytes: int = 512 * 1024 * 1024  # staged bytes read for one transaction at most
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    """The whole parsed configuration of one lake root."""
+
+    paths: LakePaths
+    settings: LakeSettings = LakeSettings()
+    tables: MappingProxyType[str, TableContract] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    def table(self, name: str) -> TableContract:
+        """Return a table's contract.
+
+        Raises:
+            ConfigError: the table is not declared.
+        """
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise ConfigError(f"table {name!r} is not declared in lake.toml",
+                              path=str(self.paths.config)) from None
+
+
+_LAKE_KEYS = {f for f in LakeSettings.__dataclass_fields__}
+_TABLE_KEYS = {"schema", "schema_file", "primary_key", "partition_by", "merge", "on_invalid",
+               "schema_evolution"}
+
+
+def load_config(root: str | Path) -> LakeConfig:
+    """Read and check ``<root>/lake.toml``.
+
+    Raises:
+        UsageError: there is no lake.toml at the root (run `lake init`).
+        ConfigError: the file is not valid TOML or a key is wrong.
+    """
+    paths = LakePaths.at(root)
+    if not paths.config.is_file():
+        raise UsageError(
+            f"no {paths.config.name} in {paths.root}: run `lake --root {paths.root} init` "
+            "or point --root / LAKE_ROOT at an existing lake"
+        )
+    try:
+        doc = tomllib.loads(paths.config.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=str(paths.config)) from None
+    return parse_config(doc, paths)
+
+
+def parse_config(doc: dict[str, Any], paths: LakePaths) -> LakeConfig:
+    """Build a :class:`LakeConfig` from a parsed TOML document."""
+    where = str(paths.config)
+    unknown = set(doc) - {"lake", "tables"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected [lake] and [tables.*]",
+                          path=where)
+    lake = doc.get("lake", {})
+    if not isinstance(lake, dict):
+        raise ConfigError("[lake] must be a table", path=where)
+    for key in lake:
+        if key not in _LAKE_KEYS:
+            raise ConfigError(f"unknown key; expected one of {sorted(_LAKE_KEYS)}",
+                              key=f"lake.{key}", path=where)
+    settings = LakeSettings(
+        retention_days=_number(lake, "retention_days", 7, where, integer=True),
+        abandon_after_hours=float(_number(lake, "abandon_after_hours", 24.0, where)),
+        batch_max_rows=_number(lake, "batch_max_rows", 1_000_000, where, integer=True, low=1),
+        batch_max_runs=_number(lake, "batch_max_runs", 2_000, where, integer=True, low=1),
+        batch_max_bytes=_number(lake, "batch_max_bytes", 512 * 1024 * 1024, where,
+                                integer=True, low=1),
+    )
+    tables_doc = doc.get("tables", {})
+    if not isinstance(tables_doc, dict):
+        raise ConfigError("[tables] must hold [tables.<name>] sections", path=where)
+    tables = {name: _parse_table(name, body, where) for name, body in tables_doc.items()}
+    return LakeConfig(paths=paths, settings=settings, tables=MappingProxyType(tables))
+
+
+def _parse_table(name: str, body: Any, where: str) -> TableContract:
+    if not is_identifier(name) or name.lower().startswith(RESERVED_PREFIX):
+        raise ConfigError(
+            "table names must be letters, digits and '_' (at most 63, not starting with a digit)",
+            table=name, path=where,
+        )
+    if not isinstance(body, dict):
+        raise ConfigError("must be a table of keys", table=name, path=where)
+    for key in body:
+        if key not in _TABLE_KEYS:
+            raise ConfigError(f"unknown key; expected one of {sorted(_TABLE_KEYS)}",
+                              table=name, key=key, path=where)
+
+    def text(key: str, default: str | None, choices: tuple[str, ...] | None = None) -> str | None:
+        value = body.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"must be a string, got {value!r}", table=name, key=key, path=where)
+        if choices and value not in choices:
+            raise ConfigError(f"must be one of {list(choices)}, got {value!r}",
+                              table=name, key=key, path=where)
+        return value
+
+    schema, schema_file = text("schema", None), text("schema_file", None)
+    if schema and schema_file:
+        raise ConfigError("give either schema or schema_file, not both", table=name, path=where)
+    if schema is not None and ":" not in schema:
+        raise ConfigError(f"must look like 'module.path:SchemaName', got {schema!r}",
+                          table=name, key="schema", path=where)
+    pk = body.get("primary_key", [])
+    if isinstance(pk, str):
+        pk = [pk]
+    if not isinstance(pk, list) or not all(isinstance(c, str) and is_identifier(c) for c in pk):
+        raise ConfigError(f"must be a list of column names, got {pk!r}",
+                          table=name, key="primary_key", path=where)
+    if len({c.lower() for c in pk}) != len(pk):
+        raise ConfigError("repeats a column", table=name, key="primary_key", path=where)
+    partition = _parse_partition(name, body.get("partition_by"), where)
+    merge = text("merge", "append", MERGE_STRATEGIES)
+    if merge == "upsert" and not pk:
+        raise ConfigError("merge = \"upsert\" needs a primary_key", table=name, key="merge",
+                          path=where)
+    if merge == "replace_partition" and partition is None:
+        raise ConfigError("merge = \"replace_partition\" needs partition_by", table=name,
+                          key="merge", path=where)
+    return TableContract(
+        name=name, schema=schema, schema_file=schema_file, primary_key=tuple(pk),
+        partition_by=partition, merge=merge or "append",
+        on_invalid=text("on_invalid", "quarantine", ON_INVALID) or "quarantine",
+        schema_evolution=text("schema_evolution", "freeze", SCHEMA_EVOLUTION) or "freeze",
+    )
+
+
+def _parse_partition(table: str, value: Any, where: str) -> PartitionSpec | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"column": value}
+    if not isinstance(value, dict) or set(value) - {"column", "granularity"}:
+        raise ConfigError("must be { column = \"...\", granularity = \"...\" }",
+                          table=table, key="partition_by", path=where)
+    column = value.get("column")
+    if not isinstance(column, str) or not is_identifier(column):
+        raise ConfigError(f"column must be a column name, got {column!r}",
+                          table=table, key="partition_by.column", path=where)
+    granularity = value.get("granularity", "identity")
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"must be one of {list(GRANULARITIES)}, got {granularity!r}",
+                          table=table, key="partition_by.granularity", path=where)
+    return PartitionSpec(column=column, granularity=granularity)
+
+
+def _number(section: dict[str, Any], key: str, default: Any, where: str, *,
+            integer: bool = False, low: float = 0) -> Any:
+    value = section.get(key, default)
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or value < low:
+        kind = "whole number" if integer else "number"
+        raise ConfigError(f"must be a {kind} >= {low:g}, got {value!r}", key=f"lake.{key}",
+                          path=where)
+    return value

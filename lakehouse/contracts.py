@@ -1,0 +1,251 @@
+"""Table contracts: resolve a table's pandera schema and validate a run against it.
+
+A schema written with ``pandera.pandas`` is validated on a pandas DataFrame, one written with
+``pandera.polars`` on a polars DataFrame (built from Arrow without a copy). Validation is lazy:
+every failure is collected. Lake's own checks (key and partition columns present and not null,
+keys unique within the run) run on Arrow first, without pandera.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakehouse.config import LakeConfig, TableContract
+from lakehouse.errors import ConfigError, FailureRecord
+
+# pandera failure checks that concern the frame's shape, not single rows.
+_SCHEMA_LEVEL_PREFIXES = ("dtype(", "column_in_schema", "column_in_dataframe", "coerce_dtype",
+                          "column_ordered", "multiple_dtypes", "add_missing_columns")
+
+
+@dataclass(frozen=True)
+class ResolvedSchema:
+    """A loaded pandera schema and the backend that validates it."""
+
+    schema: Any
+    backend: str  # "pandas" | "polars"
+
+
+@dataclass
+class ValidationOutcome:
+    """What validation found in one run."""
+
+    failures: list[FailureRecord] = field(default_factory=list)
+    total_failures: int = 0
+    schema_level: bool = False  # a failure that no row filter can fix
+    invalid_rows: set[int] = field(default_factory=set)
+    warnings: list[FailureRecord] = field(default_factory=list)  # checks that pass with notes
+    duplicate_keys: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.total_failures == 0
+
+    def add(self, record: FailureRecord, *, schema_level: bool = False) -> None:
+        self.total_failures += 1
+        if len(self.failures) < 1000:
+            self.failures.append(record)
+        if schema_level:
+            self.schema_level = True
+        elif record.row is not None:
+            self.invalid_rows.add(record.row)
+
+
+class SchemaRegistry:
+    """Loads each table's pandera schema once per process, with the lake root importable."""
+
+    def __init__(self, config: LakeConfig) -> None:
+        self.config = config
+        self._cache: dict[str, ResolvedSchema | None] = {}
+
+    def get(self, contract: TableContract) -> ResolvedSchema | None:
+        """Return the table's schema, or ``None`` when the contract names none.
+
+        Raises:
+            ConfigError: the schema cannot be imported or is not a pandera schema.
+        """
+        if contract.name not in self._cache:
+            self._cache[contract.name] = resolve_schema(self.config, contract)
+        return self._cache[contract.name]
+
+
+def resolve_schema(config: LakeConfig, contract: TableContract) -> ResolvedSchema | None:
+    """Import the pandera schema named by a contract."""
+    if contract.schema_file:
+        return _schema_from_file(config, contract)
+    if not contract.schema:
+        return None
+    module_name, _, attr = contract.schema.partition(":")
+    try:
+        module = _import_from_root(config.root, module_name)
+        obj: Any = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ConfigError:
+        raise
+    except Exception as exc:  # an import of user code can raise anything
+        raise ConfigError(f"cannot load {contract.schema!r}: {type(exc).__name__}: {exc}",
+                          table=contract.name, key="schema", path=str(config.paths.config)) from None
+    return _as_resolved(obj, contract, config)
+
+
+def _schema_from_file(config: LakeConfig, contract: TableContract) -> ResolvedSchema:
+    import pandera.io
+
+    path = Path(contract.schema_file or "")
+    if not path.is_absolute():
+        path = config.root / path
+    try:
+        text = path.read_text()
+        if path.suffix.lower() == ".json":
+            schema = pandera.io.from_json(text)
+        else:
+            schema = pandera.io.from_yaml(text)
+    except Exception as exc:
+        raise ConfigError(f"cannot read pandera schema {str(path)!r}: {exc}",
+                          table=contract.name, key="schema_file",
+                          path=str(config.paths.config)) from None
+    return _as_resolved(schema, contract, config)
+
+
+def _as_resolved(obj: Any, contract: TableContract, config: LakeConfig) -> ResolvedSchema:
+    if isinstance(obj, type) and hasattr(obj, "to_schema"):
+        obj = obj.to_schema()  # a DataFrameModel class
+    module = type(obj).__module__
+    if module.startswith("pandera.api.polars"):
+        return ResolvedSchema(obj, "polars")
+    if module.startswith("pandera.api.pandas"):
+        return ResolvedSchema(obj, "pandas")
+    raise ConfigError(
+        f"{contract.schema or contract.schema_file!r} is a {type(obj).__name__}, not a pandera "
+        "DataFrameSchema or DataFrameModel (pandas or polars API)",
+        table=contract.name, key="schema" if contract.schema else "schema_file",
+        path=str(config.paths.config),
+    )
+
+
+def _import_from_root(root: Path, module_name: str) -> Any:
+    """Import ``module_name`` with the lake root first on the path.
+
+    A module of the same top-level name imported earlier from another root (tests run many
+    roots in one process) is dropped from the cache first, so each root gets its own contracts.
+    """
+    root_str = str(root)
+    top = module_name.split(".")[0]
+    cached = sys.modules.get(top)
+    if cached is not None:
+        origin = getattr(cached, "__file__", None) or ""
+        locations = list(getattr(cached, "__path__", []) or [])
+        under_root = any(str(p).startswith(root_str + "/") for p in [origin, *locations] if p)
+        local_candidate = (root / top).exists() or (root / f"{top}.py").exists()
+        if local_candidate and not under_root:
+            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+                del sys.modules[name]
+    if root_str not in sys.path:
+        sys.path.insert(0, root_str)
+    importlib.invalidate_caches()
+    return importlib.import_module(module_name)
+
+
+def check_run(table: pa.Table, contract: TableContract,
+              resolved: ResolvedSchema | None) -> ValidationOutcome:
+    """Validate one run's rows: Lake's own checks, then the pandera contract."""
+    outcome = ValidationOutcome()
+    _check_keys_and_partition(table, contract, outcome)
+    if resolved is not None and not outcome.schema_level:
+        _check_pandera(table, resolved, outcome)
+    return outcome
+
+
+def _check_keys_and_partition(table: pa.Table, contract: TableContract,
+                              outcome: ValidationOutcome) -> None:
+    names = set(table.column_names)
+    required = list(contract.primary_key)
+    if contract.partition_by is not None:
+        required.append(contract.partition_by.column)
+    for column in dict.fromkeys(required):
+        if column not in names:
+            outcome.add(FailureRecord("column_present", column), schema_level=True)
+    if outcome.schema_level:
+        return
+    for column in dict.fromkeys(required):
+        array = table.column(column)
+        if array.null_count:
+            check = "key_not_null" if column in contract.primary_key else "partition_not_null"
+            rows = pc.indices_nonzero(pc.is_null(array)).to_pylist()
+            for row in rows:
+                outcome.add(FailureRecord(check, column, None, row))
+    if contract.primary_key and table.num_rows:
+        dupes = duplicate_key_rows(table, contract.primary_key)
+        outcome.duplicate_keys = len(dupes)
+        if dupes and contract.merge == "upsert":
+            # Upsert resolves in-run duplicates deterministically (the last row wins):
+            # reported as a warning check, not a failure.
+            outcome.warnings.append(FailureRecord(
+                "key_unique_in_run", ",".join(contract.primary_key),
+                f"{len(dupes)} rows share a key; the last row of each key wins", None))
+        else:
+            for row in dupes:
+                outcome.add(FailureRecord("key_unique_in_run", ",".join(contract.primary_key),
+                                          _key_text(table, contract.primary_key, row), row))
+
+
+def duplicate_key_rows(table: pa.Table, key: tuple[str, ...]) -> list[int]:
+    """Row numbers whose key occurs more than once in ``table`` (every occurrence)."""
+    keyed = table.select(list(key)).append_column(
+        "__row", pa.array(range(table.num_rows), pa.int64()))
+    counts = keyed.group_by(list(key)).aggregate([("__row", "count")])
+    if counts.num_rows == table.num_rows:
+        return []
+    repeated = counts.filter(pc.greater(counts.column("__row_count"), 1)).select(list(key))
+    hits = keyed.join(repeated, keys=list(key), join_type="inner")
+    return sorted(hits.column("__row").to_pylist())
+
+
+def _key_text(table: pa.Table, key: tuple[str, ...], row: int) -> str:
+    return ",".join(str(table.column(k)[row].as_py()) for k in key)
+
+
+def _check_pandera(table: pa.Table, resolved: ResolvedSchema, outcome: ValidationOutcome) -> None:
+    from pandera.errors import SchemaError, SchemaErrors
+
+    frame = _to_frame(table, resolved.backend)
+    try:
+        resolved.schema.validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        _collect_failure_cases(exc.failure_cases, outcome)
+    except SchemaError as exc:  # raised by some checks even under lazy=True
+        outcome.add(FailureRecord(str(getattr(exc, "check", "schema")), None, str(exc)[:200]),
+                    schema_level=True)
+
+
+def _to_frame(table: pa.Table, backend: str) -> Any:
+    if backend == "polars":
+        import polars as pl
+
+        return pl.from_arrow(table, rechunk=False)
+    # Keep Arrow's time units (no nanosecond coercion: far-future timestamps would overflow).
+    return table.to_pandas(coerce_temporal_nanoseconds=False)
+
+
+def _collect_failure_cases(cases: Any, outcome: ValidationOutcome) -> None:
+    if hasattr(cases, "to_dicts"):  # polars
+        records = cases.to_dicts()
+    else:  # pandas
+        records = cases.to_dict("records")
+    for rec in records:
+        check = str(rec.get("check"))
+        index = rec.get("index")
+        row = None if index is None or index != index else int(index)  # NaN != NaN
+        schema_level = row is None or check.startswith(_SCHEMA_LEVEL_PREFIXES)
+        column = rec.get("column")
+        outcome.add(FailureRecord(check, None if column is None else str(column),
+                                  rec.get("failure_case"), None if schema_level else row),
+                    schema_level=schema_level)

@@ -1,0 +1,114 @@
+"""The exactly-once ledger (``meta.staged_runs``, ``meta.staged_files``): reads and batched writes.
+
+A run's ledger row commits in the same transaction as its data rows. Recovery reads the
+ledger: a committed run found in the ledger only finishes its move out of staging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from lakehouse.db import Warehouse
+
+STATUS_LOADED = "loaded"
+STATUS_QUARANTINED = "quarantined"
+STATUS_SKIPPED = "skipped"
+
+STAGED_RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("table_name", pa.string()), ("producer", pa.string()),
+    ("idempotency_key", pa.string()), ("manifest_sha256", pa.string()),
+    ("status", pa.string()), ("reason_code", pa.string()), ("reason_json", pa.string()),
+    ("rows_staged", pa.int64()), ("rows_loaded", pa.int64()), ("rows_rejected", pa.int64()),
+    ("bytes_staged", pa.int64()), ("load_run_id", pa.string()),
+    ("created_at", pa.timestamp("us")), ("committed_at", pa.timestamp("us")),
+    ("recorded_at", pa.timestamp("us")),
+])
+
+STAGED_FILES_SCHEMA = pa.schema([
+    ("table_name", pa.string()), ("sha256", pa.string()), ("run_id", pa.string()),
+    ("file_name", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()),
+    ("loaded_at", pa.timestamp("us")),
+])
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """What the ledger says about one run."""
+
+    run_id: str
+    table_name: str
+    status: str
+    reason_json: str | None
+    rows_rejected: int
+
+
+def utcnow() -> datetime:
+    """Naive UTC now (DuckDB TIMESTAMP columns hold UTC)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def ledger_entries(wh: Warehouse, run_ids: list[str]) -> dict[str, LedgerEntry]:
+    """Ledger rows of the given runs, by run id."""
+    if not run_ids:
+        return {}
+    rows = wh.fetchall(
+        "SELECT run_id, table_name, status, reason_json, coalesce(rows_rejected, 0) "
+        "FROM meta.staged_runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [run_ids],
+        action="reading the ledger")
+    return {r[0]: LedgerEntry(r[0], r[1], r[2], r[3], int(r[4])) for r in rows}
+
+
+def loaded_keys(wh: Warehouse, table: str, keys: list[str]) -> dict[str, str]:
+    """Idempotency keys of ``table`` already loaded, mapped to the run that loaded them."""
+    if not keys:
+        return {}
+    rows = wh.fetchall(
+        "SELECT idempotency_key, min(run_id) FROM meta.staged_runs WHERE table_name = ? AND "
+        "status = 'loaded' AND idempotency_key IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
+        [table, keys], action="reading idempotency keys")
+    return {r[0]: r[1] for r in rows}
+
+
+def loaded_checksums(wh: Warehouse, table: str, checksums: list[str]) -> dict[str, str]:
+    """Checksums of files already loaded into ``table``, mapped to the run that loaded them."""
+    if not checksums:
+        return {}
+    rows = wh.fetchall(
+        "SELECT sha256, min(run_id) FROM meta.staged_files WHERE table_name = ? AND "
+        "sha256 IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
+        [table, checksums], action="reading file checksums")
+    return {r[0]: r[1] for r in rows}
+
+
+def insert_rows(wh: Warehouse, target: str, schema: pa.Schema, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows into a meta table in one statement (via an Arrow table)."""
+    if not rows:
+        return
+    data = pa.Table.from_pylist(rows, schema=schema)
+    name = "lake_meta_rows"
+    wh.register(name, data)
+    try:
+        wh.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {name}",
+                   action=f"writing {target}")
+    finally:
+        wh.unregister(name)
+
+
+def record_runs(wh: Warehouse, rows: list[dict[str, Any]]) -> None:
+    """Write ledger rows (one per run) in one statement."""
+    insert_rows(wh, "meta.staged_runs", STAGED_RUNS_SCHEMA, rows)
+
+
+def record_files(wh: Warehouse, rows: list[dict[str, Any]]) -> None:
+    """Remember loaded files' checksums for good."""
+    insert_rows(wh, "meta.staged_files", STAGED_FILES_SCHEMA, rows)
+
+
+def forget_run(wh: Warehouse, run_id: str) -> None:
+    """Drop a quarantined run's ledger row so a replayed run can be loaded again."""
+    wh.execute("DELETE FROM meta.staged_runs WHERE run_id = ? AND status = 'quarantined'",
+               [run_id], action="updating the ledger")

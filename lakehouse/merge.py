@@ -1,0 +1,234 @@
+"""Merge strategies: move a validated batch of runs into a partitioned data table.
+
+A batch is one Arrow table registered on the connection: the runs' rows in load order plus
+``_lake_run_id`` (which run) and ``_lake_row`` (position in the batch, for "last wins").
+Keys are enforced here, not by a DuckDB PRIMARY KEY (index maintenance roughly doubles insert
+time): a delete-join against the table inside the merge transaction. Rows are inserted in
+partition order so DuckDB's row-group min/max lets queries skip partitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lakehouse.config import TableContract
+from lakehouse.db import Warehouse, literal, quote
+from lakehouse.layout import PARTITION_COLUMN, RUN_ID_COLUMN
+
+ROW_COLUMN = "_lake_row"
+SEQ_COLUMN = "_lake_seq"
+BATCH_NAME = "lake_batch"
+
+_TEMPORAL = ("DATE", "TIMESTAMP")
+_FORMATS = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
+_INT_RANK = {"TINYINT": 1, "SMALLINT": 2, "INTEGER": 3, "BIGINT": 4, "HUGEINT": 5}
+_UINT_RANK = {"UTINYINT": 1, "USMALLINT": 2, "UINTEGER": 3, "UBIGINT": 4}
+_NAIVE_TS = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
+
+
+@dataclass
+class PartitionStats:
+    """Rows a batch wrote into one partition, and the partition column's range there."""
+
+    rows: int
+    min_value: Any = None
+    max_value: Any = None
+
+
+@dataclass
+class MergeStats:
+    """What one merge did to its table."""
+
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_deleted: int = 0
+    partitions: dict[str, PartitionStats] = field(default_factory=dict)
+    columns_added: list[str] = field(default_factory=list)
+    created: bool = False
+
+    @property
+    def max_event(self) -> datetime | None:
+        values = [p.max_value for p in self.partitions.values()
+                  if isinstance(p.max_value, datetime)]
+        return max(values) if values else None
+
+
+def build_batch(tables: list[pa.Table], run_ids: list[str]) -> pa.Table:
+    """Concatenate runs of one schema, tagging each row with its run and batch position."""
+    data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    lengths = [t.num_rows for t in tables]
+    seq = np.repeat(np.arange(len(tables), dtype=np.int32), lengths)
+    run_column = pa.DictionaryArray.from_arrays(pa.array(seq, pa.int32()),
+                                                pa.array(run_ids, pa.string()))
+    data = data.append_column(RUN_ID_COLUMN, run_column)
+    data = data.append_column(SEQ_COLUMN, pa.array(seq, pa.int32()))
+    return data.append_column(ROW_COLUMN, pa.array(np.arange(data.num_rows, dtype=np.int64)))
+
+
+def describe_batch(wh: Warehouse) -> list[tuple[str, str]]:
+    """DuckDB's (name, type) for the user columns of the registered batch."""
+    rows = wh.fetchall(f"DESCRIBE SELECT * FROM {BATCH_NAME}", action="describing the batch")
+    internal = {RUN_ID_COLUMN, SEQ_COLUMN, ROW_COLUMN}
+    return [(r[0], r[1]) for r in rows if r[0] not in internal]
+
+
+def compatible(run_type: str, table_type: str) -> bool:
+    """True when a run column of ``run_type`` loads losslessly into ``table_type``."""
+    if run_type == table_type:
+        return True
+    if run_type in _INT_RANK and table_type in _INT_RANK:
+        return _INT_RANK[run_type] <= _INT_RANK[table_type]
+    if run_type in _UINT_RANK and table_type in _INT_RANK:
+        return _UINT_RANK[run_type] < _INT_RANK[table_type]
+    if run_type in _UINT_RANK and table_type in _UINT_RANK:
+        return _UINT_RANK[run_type] <= _UINT_RANK[table_type]
+    if run_type == "FLOAT" and table_type == "DOUBLE":
+        return True
+    return run_type in _NAIVE_TS and table_type in _NAIVE_TS
+
+
+def schema_changes(run_columns: list[tuple[str, str]], table_columns: list[tuple[str, str]]
+                   ) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """Compare a batch with its table: (new columns, missing columns, type conflicts)."""
+    table_types = {n.lower(): t for n, t in table_columns
+                   if n not in (PARTITION_COLUMN, RUN_ID_COLUMN)}
+    run_names = {n.lower() for n, _ in run_columns}
+    new = [(n, t) for n, t in run_columns if n.lower() not in table_types]
+    missing = [n for n in table_types if n not in run_names]
+    conflicts = [f"{n}: table has {table_types[n.lower()]}, run has {t}"
+                 for n, t in run_columns
+                 if n.lower() in table_types and not compatible(t, table_types[n.lower()])]
+    return new, missing, conflicts
+
+
+def partition_expression(contract: TableContract, column_types: dict[str, str]) -> str | None:
+    """SQL for ``_lake_partition`` of a batch row; ``None`` when the spec cannot apply.
+
+    Granularity ``identity`` keeps the value as text; ``day``/``month``/``year`` truncate a date
+    or timestamp (time zones are read in UTC) to ``YYYY-MM-DD`` / ``YYYY-MM`` / ``YYYY``, which
+    sort in time order.
+    """
+    spec = contract.partition_by
+    if spec is None:
+        return "NULL::VARCHAR"
+    column_type = column_types.get(spec.column.lower())
+    if column_type is None:
+        return None
+    if spec.granularity == "identity":
+        return f"CAST({quote(spec.column)} AS VARCHAR)"
+    if not column_type.startswith(_TEMPORAL):
+        return None
+    return f"strftime({quote(spec.column)}, {literal(_FORMATS[spec.granularity])})"
+
+
+def ensure_table(wh: Warehouse, contract: TableContract,
+                 run_columns: list[tuple[str, str]]) -> bool:
+    """Create the data table from the batch's columns if it does not exist; True if created."""
+    if wh.columns("main", contract.name):
+        return False
+    cols = [f"{quote(n)} {t}" for n, t in run_columns]
+    cols += [f"{PARTITION_COLUMN} VARCHAR", f"{RUN_ID_COLUMN} VARCHAR"]
+    wh.execute(f"CREATE TABLE {quote(contract.name)} ({', '.join(cols)})",
+               action=f"creating table {contract.name}")
+    spec = contract.partition_by
+    wh.execute(
+        "INSERT INTO meta.tables VALUES (?, ?, ?, ?, ?, now(), now()) ON CONFLICT (table_name) "
+        "DO UPDATE SET partition_column = excluded.partition_column, "
+        "partition_granularity = excluded.partition_granularity, merge = excluded.merge, "
+        "primary_key = excluded.primary_key, updated_at = now()",
+        [contract.name, spec.column if spec else None, spec.granularity if spec else None,
+         contract.merge, ",".join(contract.primary_key)],
+        action=f"registering table {contract.name}")
+    return True
+
+
+def add_columns(wh: Warehouse, table: str, columns: list[tuple[str, str]]) -> None:
+    """Add new nullable columns (``schema_evolution = "add_columns"``)."""
+    for name, type_text in columns:
+        wh.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {type_text}",
+                   action=f"adding column {name} to {table}")
+
+
+def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: bool,
+                       several_runs: bool) -> list[int]:
+    """``append`` with a primary key: batch rows whose key is already in the table or in an
+    earlier run of the batch. Returns batch row positions."""
+    keys = contract.primary_key
+    parts = []
+    if table_exists:
+        join = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
+        parts.append(f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b WHERE EXISTS "
+                     f"(SELECT 1 FROM {quote(contract.name)} t WHERE {join})")
+    if several_runs:
+        key_list = ", ".join(quote(k) for k in keys)
+        parts.append(f"SELECT {ROW_COLUMN} FROM (SELECT {ROW_COLUMN}, {SEQ_COLUMN}, "
+                     f"min({SEQ_COLUMN}) OVER (PARTITION BY {key_list}) AS first_seq "
+                     f"FROM {BATCH_NAME}) WHERE {SEQ_COLUMN} > first_seq")
+    if not parts:
+        return []
+    rows = wh.fetchall(" UNION ".join(parts), action=f"checking keys of {contract.name}")
+    return sorted(r[0] for r in rows)
+
+
+def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[str, str]],
+                partition_sql: str, *, several_runs: bool, has_duplicates: bool) -> MergeStats:
+    """Merge the registered batch into the table with the contract's strategy.
+
+    Call inside the load transaction; the ledger rows of the batch's runs commit with it.
+    """
+    stats = MergeStats()
+    table = quote(contract.name)
+    user = ", ".join(quote(n) for n, _ in run_columns)
+    source = (f"SELECT {user}, {partition_sql} AS {PARTITION_COLUMN}, "
+              f"CAST({RUN_ID_COLUMN} AS VARCHAR) AS {RUN_ID_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN} "
+              f"FROM {BATCH_NAME}")
+    keys = contract.primary_key
+    qualify = ""
+    if contract.merge == "upsert":
+        key_list = ", ".join(quote(k) for k in keys)
+        if has_duplicates or several_runs:
+            # Latest wins: the last row of a key in the batch (runs are in load order).
+            qualify = (f" QUALIFY row_number() OVER (PARTITION BY {key_list} "
+                       f"ORDER BY {ROW_COLUMN} DESC) = 1")
+        join = " AND ".join(f"{table}.{quote(k)} = {BATCH_NAME}.{quote(k)}" for k in keys)
+        row = wh.fetchone(f"DELETE FROM {table} USING {BATCH_NAME} WHERE {join}",
+                          action=f"upserting into {contract.name}")
+        stats.rows_updated = int(row[0]) if row else 0
+    elif contract.merge == "replace_partition":
+        row = wh.fetchone(
+            f"DELETE FROM {table} WHERE {PARTITION_COLUMN} IN "
+            f"(SELECT DISTINCT {partition_sql} FROM {BATCH_NAME})",
+            action=f"replacing partitions of {contract.name}")
+        stats.rows_deleted = int(row[0]) if row else 0
+        if several_runs:
+            # Within a batch, a partition is replaced by the last run that touches it.
+            qualify = (f" QUALIFY {SEQ_COLUMN} = max({SEQ_COLUMN}) "
+                       f"OVER (PARTITION BY {PARTITION_COLUMN})")
+    row = wh.fetchone(
+        f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}, {ROW_COLUMN}) FROM "
+        f"({source}{qualify}) ORDER BY {PARTITION_COLUMN}",
+        action=f"inserting into {contract.name}")
+    inserted = int(row[0]) if row else 0
+    stats.rows_inserted = inserted - stats.rows_updated
+    if contract.merge == "replace_partition":
+        stats.rows_updated = 0
+    stats.partitions = _partition_stats(wh, contract, partition_sql)
+    return stats
+
+
+def _partition_stats(wh: Warehouse, contract: TableContract,
+                     partition_sql: str) -> dict[str, PartitionStats]:
+    spec = contract.partition_by
+    if spec is None:
+        row = wh.fetchone(f"SELECT count(*) FROM {BATCH_NAME}")
+        return {"": PartitionStats(int(row[0]) if row else 0)}
+    col = quote(spec.column)
+    rows = wh.fetchall(
+        f"SELECT {partition_sql} AS p, count(*), min({col}), max({col}) FROM {BATCH_NAME} "
+        "GROUP BY p ORDER BY p", action=f"summarising partitions of {contract.name}")
+    return {str(p): PartitionStats(int(n), lo, hi) for p, n, lo, hi in rows}

@@ -1,0 +1,108 @@
+"""Versioned migrations of the warehouse: ordered, named functions.
+
+Each migration runs in one transaction together with the ``meta.schema_migrations`` row that
+records it, so a crash leaves it applied or not, never half. Applying is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lakehouse.db import Warehouse
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change, applied once."""
+
+    version: int
+    name: str
+    apply: Callable[[Warehouse], None]
+
+
+def _v1_meta_schema(wh: Warehouse) -> None:
+    for sql in [
+        # The observability spec's run ledger, run assets, watermarks and checks.
+        """CREATE TABLE meta.ingestion_runs (
+            run_id VARCHAR PRIMARY KEY, parent_run_id VARCHAR, job_name VARCHAR NOT NULL,
+            triggered_by VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            started_at TIMESTAMP NOT NULL, ended_at TIMESTAMP, duration_ms BIGINT,
+            provider VARCHAR, storage_backend VARCHAR, args_json VARCHAR, git_sha VARCHAR,
+            app_version VARCHAR, error_type VARCHAR, error_message VARCHAR,
+            error_stack_hash VARCHAR)""",
+        """CREATE TABLE meta.ingestion_run_assets (
+            run_id VARCHAR NOT NULL, asset_key VARCHAR NOT NULL, asset_kind VARCHAR NOT NULL,
+            partition_key VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            rows_inserted BIGINT, rows_updated BIGINT, rows_deleted BIGINT,
+            bytes_written BIGINT, min_event_ts TIMESTAMP, max_event_ts TIMESTAMP,
+            extra_json VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, duration_ms BIGINT)""",
+        """CREATE TABLE meta.asset_watermarks (
+            asset_key VARCHAR NOT NULL, scope_key VARCHAR NOT NULL,
+            watermark_ts TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
+            last_run_id VARCHAR, PRIMARY KEY (asset_key, scope_key))""",
+        """CREATE TABLE meta.asset_checks (
+            check_id VARCHAR NOT NULL, asset_key VARCHAR NOT NULL, partition_key VARCHAR,
+            check_name VARCHAR NOT NULL, severity VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            checked_at TIMESTAMP NOT NULL, metrics_json VARCHAR, message VARCHAR,
+            run_id VARCHAR)""",
+        # The exactly-once ledger: one row per staged run that left (or is leaving) staging.
+        # Its row commits in the same transaction as the run's data rows.
+        """CREATE TABLE meta.staged_runs (
+            run_id VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, producer VARCHAR,
+            idempotency_key VARCHAR, manifest_sha256 VARCHAR, status VARCHAR NOT NULL,
+            reason_code VARCHAR, reason_json VARCHAR, rows_staged BIGINT, rows_loaded BIGINT,
+            rows_rejected BIGINT, bytes_staged BIGINT, load_run_id VARCHAR,
+            created_at TIMESTAMP, committed_at TIMESTAMP, recorded_at TIMESTAMP NOT NULL)""",
+        # Every loaded file's checksum, kept for good: the same content staged twice is caught.
+        """CREATE TABLE meta.staged_files (
+            table_name VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, run_id VARCHAR NOT NULL,
+            file_name VARCHAR NOT NULL, rows BIGINT, bytes BIGINT,
+            loaded_at TIMESTAMP NOT NULL)""",
+        # The data tables Lake created, with the partition spec they were built with.
+        """CREATE TABLE meta.tables (
+            table_name VARCHAR PRIMARY KEY, partition_column VARCHAR,
+            partition_granularity VARCHAR, merge VARCHAR, primary_key VARCHAR,
+            created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)""",
+    ]:
+        wh.execute(sql, action="creating the meta schema")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "meta_schema", _v1_meta_schema),
+)
+
+
+def schema_version(wh: Warehouse) -> int:
+    """The highest applied migration (0 for a fresh file)."""
+    exists = wh.fetchone(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'meta' AND table_name = 'schema_migrations'")
+    if not exists or not exists[0]:
+        return 0
+    row = wh.fetchone("SELECT coalesce(max(version), 0) FROM meta.schema_migrations")
+    return int(row[0]) if row else 0
+
+
+def migrate(wh: Warehouse) -> list[int]:
+    """Apply every pending migration in order; return the versions applied."""
+    wh.execute("CREATE SCHEMA IF NOT EXISTS meta", action="creating the meta schema")
+    wh.execute(
+        "CREATE TABLE IF NOT EXISTS meta.schema_migrations ("
+        "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)",
+        action="creating meta.schema_migrations")
+    current = schema_version(wh)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        # The migration and the row recording it commit together.
+        with wh.transaction(f"applying migration {migration.version} {migration.name}"):
+            migration.apply(wh)
+            wh.execute("INSERT INTO meta.schema_migrations VALUES (?, ?, now())",
+                       [migration.version, migration.name])
+        applied.append(migration.version)
+    return applied
+
+
+LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,93 @@
+"""State changes of a run's folder. Each is one rename, in a function named after it.
+
+Ordering rules (see ``loader/load.py``): a run leaves ``staging/`` only after its ledger row
+committed (archive, delete) or after its reason is written beside it (quarantine). Deleting
+renames the folder out of ``staging/`` first, so a kill halfway through an ``rmtree`` never
+leaves a half-deleted run where the loader looks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, rename_durably
+from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, TMP_MARKER, LakePaths
+
+
+def archive_run(paths: LakePaths, table: str, run_id: str, *, retention_days: int) -> Path | None:
+    """Move a loaded run out of staging: to ``archive/`` or, with retention 0, delete it."""
+    src = paths.staged_run(table, run_id)
+    if not src.exists():
+        return None
+    if retention_days <= 0:
+        delete_run_folder(paths, src)
+        return None
+    dst = _free_name(paths.archived_run(table, run_id))
+    rename_durably(src, dst)
+    return dst
+
+
+def quarantine_run(paths: LakePaths, table: str, run_id: str, reason: dict[str, Any]) -> Path:
+    """Write ``_reason.json`` into a staged run, then move the run whole to ``quarantine/``."""
+    src = paths.staged_run(table, run_id)
+    # The reason is durable beside the data before the run leaves staging.
+    atomic_write_bytes(src / REASON_NAME, json.dumps(reason, indent=1, default=str).encode())
+    dst = _free_name(paths.quarantined_run(table, run_id))
+    rename_durably(src, dst)
+    return dst
+
+
+def quarantine_rejected_rows(paths: LakePaths, table: str, run_id: str, reason: dict[str, Any],
+                             rows: pa.Table) -> Path:
+    """For ``drop_rows``: put the rows that were not loaded, with the reason, in quarantine.
+
+    Built under a temp name and renamed into place, replacing an earlier attempt of the same
+    run (a load killed after this step and before its commit redoes it).
+    """
+    dst = paths.quarantined_run(table, run_id)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}{TMP_MARKER}{uuid.uuid4().hex}")
+    tmp.mkdir()
+    atomic_write(tmp / REJECTED_ROWS_NAME, lambda w: pq.write_table(rows, w))
+    atomic_write_bytes(tmp / REASON_NAME, json.dumps(reason, indent=1, default=str).encode())
+    if dst.exists():
+        delete_run_folder(paths, dst)
+    rename_durably(tmp, dst)
+    return dst
+
+
+def delete_run_folder(paths: LakePaths, folder: Path) -> None:
+    """Rename a folder into the trash, then delete it (a kill mid-delete leaves only trash)."""
+    paths.trash.mkdir(parents=True, exist_ok=True)
+    target = paths.trash / f"{folder.parent.name}--{folder.name}--{uuid.uuid4().hex[:8]}"
+    rename_durably(folder, target)
+    shutil.rmtree(target, ignore_errors=True)
+    fsync_dir(paths.trash)
+
+
+def empty_trash(paths: LakePaths) -> int:
+    """Delete whatever a killed delete left in the trash; return how many folders."""
+    if not paths.trash.is_dir():
+        return 0
+    count = 0
+    for entry in paths.trash.iterdir():
+        shutil.rmtree(entry, ignore_errors=True)
+        count += 1
+    return count
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.N`` when something already sits there (never overwrite evidence)."""
+    if not path.exists():
+        return path
+    n = 1
+    while path.with_name(f"{path.name}.{n}").exists():
+        n += 1
+    return path.with_name(f"{path.name}.{n}")

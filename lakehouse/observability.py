@@ -1,0 +1,191 @@
+"""Run lifecycle, assets, watermarks and checks in ``meta`` (the observability spec).
+
+:class:`RunLogger` writes the ``started`` row at once, buffers asset rows, check results and
+watermarks in memory, and writes them in a few statements, inside the caller's load
+transaction (:meth:`RunLogger.flush`). On exit it closes the run as success or failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+
+from lakehouse import __version__
+from lakehouse.db import Warehouse
+from lakehouse.ledger import insert_rows, utcnow
+
+ASSETS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("asset_key", pa.string()), ("asset_kind", pa.string()),
+    ("partition_key", pa.string()), ("status", pa.string()), ("rows_inserted", pa.int64()),
+    ("rows_updated", pa.int64()), ("rows_deleted", pa.int64()), ("bytes_written", pa.int64()),
+    ("min_event_ts", pa.timestamp("us")), ("max_event_ts", pa.timestamp("us")),
+    ("extra_json", pa.string()), ("started_at", pa.timestamp("us")),
+    ("ended_at", pa.timestamp("us")), ("duration_ms", pa.int64()),
+])
+
+CHECKS_SCHEMA = pa.schema([
+    ("check_id", pa.string()), ("asset_key", pa.string()), ("partition_key", pa.string()),
+    ("check_name", pa.string()), ("severity", pa.string()), ("status", pa.string()),
+    ("checked_at", pa.timestamp("us")), ("metrics_json", pa.string()), ("message", pa.string()),
+    ("run_id", pa.string()),
+])
+
+
+def as_timestamp(value: Any) -> datetime | None:
+    """A naive UTC datetime for a watermark or event time (dates become midnight)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            from datetime import UTC
+
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    return None
+
+
+@dataclass
+class RunLogger:
+    """One ``meta.ingestion_runs`` row from started to success/failed, with batched details."""
+
+    wh: Warehouse
+    job_name: str
+    triggered_by: str = "cli"
+    args: dict[str, Any] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started_at: datetime = field(default_factory=utcnow)
+    _assets: list[dict[str, Any]] = field(default_factory=list)
+    _checks: list[dict[str, Any]] = field(default_factory=list)
+    _watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
+
+    def __enter__(self) -> RunLogger:
+        self.wh.execute(
+            "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, started_at, "
+            "storage_backend, args_json, app_version) VALUES (?, ?, ?, 'started', ?, 'duckdb', ?, ?)",
+            [self.run_id, self.job_name, self.triggered_by, self.started_at,
+             json.dumps(self.args, default=str), __version__],
+            action="recording the run start")
+        return self
+
+    def log_asset(self, asset_key: str, partition_key: str, status: str, *,
+                  rows_inserted: int | None = None, rows_updated: int | None = None,
+                  rows_deleted: int | None = None, bytes_written: int | None = None,
+                  min_event_ts: Any = None, max_event_ts: Any = None,
+                  extra: dict[str, Any] | None = None) -> None:
+        """Buffer one asset row (best-effort metrics)."""
+        now = utcnow()
+        self._assets.append({
+            "run_id": self.run_id, "asset_key": asset_key, "asset_kind": "table",
+            "partition_key": partition_key, "status": status, "rows_inserted": rows_inserted,
+            "rows_updated": rows_updated, "rows_deleted": rows_deleted,
+            "bytes_written": bytes_written, "min_event_ts": as_timestamp(min_event_ts),
+            "max_event_ts": as_timestamp(max_event_ts),
+            "extra_json": json.dumps(extra, default=str) if extra else None,
+            "started_at": now, "ended_at": now, "duration_ms": 0,
+        })
+
+    def log_check(self, asset_key: str, check_name: str, *, passed: bool, severity: str = "error",
+                  message: str | None = None, metrics: dict[str, Any] | None = None,
+                  partition_key: str | None = None, status: str | None = None) -> None:
+        """Buffer one check result; every result is kept, pass or fail."""
+        self._checks.append({
+            "check_id": str(uuid.uuid4()), "asset_key": asset_key, "partition_key": partition_key,
+            "check_name": check_name, "severity": severity,
+            "status": status or ("pass" if passed else "fail"), "checked_at": utcnow(),
+            "metrics_json": json.dumps(metrics, default=str) if metrics else None,
+            "message": message, "run_id": self.run_id,
+        })
+
+    def log_watermark(self, asset_key: str, value: Any, scope_key: str = "ALL") -> None:
+        """Remember the highest event time seen for an asset in this load."""
+        ts = as_timestamp(value)
+        if ts is None:
+            return
+        key = (asset_key, scope_key)
+        if key not in self._watermarks or ts > self._watermarks[key]:
+            self._watermarks[key] = ts
+
+    def flush(self) -> None:
+        """Write the buffered rows; call inside the load transaction."""
+        insert_rows(self.wh, "meta.ingestion_run_assets", ASSETS_SCHEMA, self._assets)
+        insert_rows(self.wh, "meta.asset_checks", CHECKS_SCHEMA, self._checks)
+        now = utcnow()
+        for (asset, scope), ts in self._watermarks.items():
+            self.wh.execute(
+                "INSERT INTO meta.asset_watermarks VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (asset_key, scope_key) DO UPDATE SET "
+                "watermark_ts = greatest(asset_watermarks.watermark_ts, excluded.watermark_ts), "
+                "updated_at = excluded.updated_at, last_run_id = excluded.last_run_id",
+                [asset, scope, ts, now, self.run_id], action="updating watermarks")
+        self.discard()
+
+    def discard(self) -> None:
+        """Forget buffered rows (their transaction rolled back)."""
+        self._assets.clear()
+        self._checks.clear()
+        self._watermarks.clear()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        ended = utcnow()
+        duration = int((ended - self.started_at).total_seconds() * 1000)
+        if exc is None:
+            with self.wh.transaction("closing the run"):
+                self.flush()
+                self.wh.execute(
+                    "UPDATE meta.ingestion_runs SET status = 'success', ended_at = ?, "
+                    "duration_ms = ? WHERE run_id = ?", [ended, duration, self.run_id],
+                    action="closing the run")
+            return
+        self.discard()
+        self.wh.execute(
+            "UPDATE meta.ingestion_runs SET status = 'failed', ended_at = ?, duration_ms = ?, "
+            "error_type = ?, error_message = ?, error_stack_hash = ? WHERE run_id = ?",
+            [ended, duration, type(exc).__name__, str(exc)[:2000], stack_hash(exc), self.run_id],
+            action="recording the run failure")
+
+
+def stack_hash(exc: BaseException) -> str:
+    """A short hash of where an error was raised (files and functions, not line numbers)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    text = "|".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.name}" for f in frames)
+    return hashlib.sha1(f"{type(exc).__name__}|{text}".encode()).hexdigest()[:12]
+
+
+HEALTH_QUERIES = {
+    "latest_runs": """
+        SELECT job_name, status, started_at, ended_at, duration_ms
+        FROM meta.ingestion_runs
+        QUALIFY row_number() OVER (PARTITION BY job_name ORDER BY started_at DESC) = 1
+        ORDER BY job_name""",
+    "failures_7d": """
+        SELECT started_at, job_name, error_type, error_message
+        FROM meta.ingestion_runs
+        WHERE status = 'failed' AND started_at >= (now()::TIMESTAMP - INTERVAL '7 days')
+        ORDER BY started_at DESC""",
+    "freshness": """
+        SELECT asset_key, scope_key, watermark_ts, updated_at,
+               date_diff('day', watermark_ts, now()::TIMESTAMP) AS staleness_days
+        FROM meta.asset_watermarks ORDER BY asset_key, scope_key""",
+    "failing_checks": """
+        SELECT checked_at, asset_key, partition_key, check_name, severity, message
+        FROM meta.asset_checks WHERE status = 'fail'
+        ORDER BY checked_at DESC LIMIT 200""",
+}
+
+
+def health_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
+    """Run the health queries of the observability spec; rows as dicts."""
+    report: dict[str, list[dict[str, Any]]] = {}
+    for name, sql in HEALTH_QUERIES.items():
+        cols, rows = wh.query(sql, action=f"running health query {name}")
+        report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
+    return report

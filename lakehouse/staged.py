@@ -1,0 +1,227 @@
+"""Committed runs in ``staging/``: find them and verify each against its manifest.
+
+A run is read exactly once: each file's bytes are hashed and parsed from the same buffer.
+Anything that does not match the manifest raises a :class:`RunRejectedError` subclass, which
+sends the run to quarantine with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakehouse.config import LakeConfig
+from lakehouse.errors import (
+    CorruptFileError,
+    FailureRecord,
+    InvalidRunError,
+    ManifestError,
+    RunRejectedError,
+)
+from lakehouse.fsio import bytes_digest
+from lakehouse.layout import (
+    ABANDONED_NAME,
+    MANIFEST_NAME,
+    REASON_NAME,
+    RESERVED_PREFIX,
+    LakePaths,
+    is_identifier,
+    is_temp_name,
+    parse_run_id,
+)
+from lakehouse.manifest import Manifest, ManifestFormatError
+
+_MARKERS = {MANIFEST_NAME, ABANDONED_NAME, REASON_NAME}
+
+
+class EmptyRunError(InvalidRunError):
+    """The run commits no rows."""
+
+    code = "empty_run"
+
+
+class InvalidColumnNameError(InvalidRunError):
+    """A column name is unsafe, reserved, or repeats another ignoring case."""
+
+    code = "invalid_column_name"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A committed run found in ``staging/<table>/<run_id>/``."""
+
+    table: str
+    run_id: str
+    path: Path
+
+    @property
+    def sort_key(self) -> tuple[str, str]:
+        return (self.run_id, self.table)
+
+
+@dataclass
+class VerifiedRun:
+    """A run whose files match its manifest, read into one Arrow table."""
+
+    ref: RunRef
+    manifest: Manifest
+    manifest_sha256: str
+    data: pa.Table
+
+    @property
+    def rows(self) -> int:
+        return self.data.num_rows
+
+
+def discover_runs(paths: LakePaths, table: str | None = None) -> list[RunRef]:
+    """Every committed run in staging, oldest first (run ids sort by creation time)."""
+    refs: list[RunRef] = []
+    if not paths.staging.is_dir():
+        return refs
+    for table_dir in _entries(paths.staging):
+        if table is not None and table_dir.name != table:
+            continue
+        if not table_dir.is_dir() or table_dir.is_symlink():
+            continue
+        for run_dir in _entries(table_dir):
+            if run_dir.is_dir() and (run_dir / MANIFEST_NAME).exists():
+                refs.append(RunRef(table_dir.name, run_dir.name, run_dir))
+    refs.sort(key=lambda r: r.sort_key)
+    return refs
+
+
+def uncommitted_runs(paths: LakePaths) -> list[Path]:
+    """Run folders in staging that have no manifest (being written, or abandoned)."""
+    found = []
+    if paths.staging.is_dir():
+        for table_dir in _entries(paths.staging):
+            if table_dir.is_dir() and not table_dir.is_symlink():
+                found += [d for d in _entries(table_dir)
+                          if d.is_dir() and not (d / MANIFEST_NAME).exists()]
+    return found
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def check_names(ref: RunRef, config: LakeConfig) -> None:
+    """Reject runs whose table or run folder name is hostile or unknown.
+
+    Raises:
+        InvalidRunError: the name is not a safe identifier, or the table is not declared.
+    """
+    if not is_identifier(ref.table):
+        raise InvalidRunError(ref.table, ref.run_id,
+                              f"table folder name {ref.table!r} is not a valid table name")
+    if ref.table not in config.tables:
+        raise InvalidRunError(ref.table, ref.run_id,
+                              f"table {ref.table!r} is not declared in lake.toml; declare it, "
+                              "then `lake quarantine replay` this run")
+    if parse_run_id(ref.run_id) is None:
+        raise InvalidRunError(ref.table, ref.run_id,
+                              f"folder name {ref.run_id!r} is not a run id made by stage_run")
+
+
+def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
+    """Verify a committed run against its manifest and read its rows.
+
+    Raises:
+        RunRejectedError: a bad name, a manifest that does not match the files, a corrupt
+            file, an empty run or unsafe column names.
+    """
+    check_names(ref, config)
+    manifest_bytes = _read_regular(ref, ref.path / MANIFEST_NAME)
+    try:
+        manifest = Manifest.from_json(manifest_bytes)
+    except ManifestFormatError as exc:
+        raise ManifestError(ref.table, ref.run_id, str(exc)) from None
+    if manifest.table != ref.table or manifest.run_id != ref.run_id:
+        raise ManifestError(ref.table, ref.run_id,
+                            f"manifest names {manifest.table}/{manifest.run_id}, "
+                            "not the folder it is in")
+    listed = {f.name for f in manifest.files}
+    if len(listed) != len(manifest.files):
+        raise ManifestError(ref.table, ref.run_id, "manifest lists a file twice")
+    present = {p.name for p in ref.path.iterdir() if not is_temp_name(p.name)} - _MARKERS
+    if present - listed:
+        raise ManifestError(ref.table, ref.run_id,
+                            f"files not listed in the manifest: {sorted(present - listed)[:5]}")
+    missing = listed - present
+    if missing:
+        raise ManifestError(ref.table, ref.run_id,
+                            f"files listed in the manifest are missing: {sorted(missing)[:5]}")
+    expected = [(name, type_text) for name, type_text in manifest.schema]
+    tables = []
+    for entry in manifest.files:
+        if "/" in entry.name or entry.name.startswith("."):
+            raise ManifestError(ref.table, ref.run_id, f"file name {entry.name!r} is not simple")
+        data = _read_regular(ref, ref.path / entry.name)
+        if len(data) != entry.bytes:
+            raise ManifestError(ref.table, ref.run_id,
+                                f"{entry.name}: {len(data)} bytes on disk, manifest says "
+                                f"{entry.bytes}")
+        if bytes_digest(data) != entry.sha256:
+            raise ManifestError(ref.table, ref.run_id,
+                                f"{entry.name}: checksum does not match the manifest")
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorruptFileError(ref.table, ref.run_id,
+                                   f"{entry.name} is not readable Parquet: {exc}") from None
+        if table.num_rows != entry.rows:
+            raise ManifestError(ref.table, ref.run_id,
+                                f"{entry.name}: {table.num_rows} rows, manifest says {entry.rows}")
+        actual = [(f.name, str(f.type)) for f in table.schema]
+        if actual != expected:
+            raise ManifestError(ref.table, ref.run_id,
+                                f"{entry.name}: schema {actual} differs from the manifest's "
+                                f"{expected}")
+        tables.append(table.replace_schema_metadata(None))
+    if not tables or sum(t.num_rows for t in tables) == 0:
+        raise EmptyRunError(ref.table, ref.run_id, "the run has no rows")
+    _check_column_names(ref, tables[0].schema)
+    return VerifiedRun(ref, manifest, bytes_digest(manifest_bytes),
+                       pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+
+
+def _check_column_names(ref: RunRef, schema: pa.Schema) -> None:
+    bad = [n for n in schema.names if not is_identifier(n) or n.lower().startswith(RESERVED_PREFIX)]
+    lowered = [n.lower() for n in schema.names]
+    repeated = sorted({n for n in lowered if lowered.count(n) > 1})
+    if bad or repeated:
+        failures = [FailureRecord("column_name_safe", n) for n in bad]
+        failures += [FailureRecord("column_name_unique", n) for n in repeated]
+        raise InvalidColumnNameError(
+            ref.table, ref.run_id,
+            f"column names must be letters, digits and '_' (not starting with "
+            f"{RESERVED_PREFIX!r}) and unique ignoring case; bad: {(bad + repeated)[:5]!r}",
+            failures=failures)
+
+
+def _read_regular(ref: RunRef, path: Path) -> bytes:
+    """Read a file that must be a regular file inside the run folder (no symlinks)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise ManifestError(ref.table, ref.run_id, f"{path.name} is missing") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidRunError(ref.table, ref.run_id,
+                              f"{path.name} is not a regular file (a symlink or special file); "
+                              "staged files must be written by stage_run")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CorruptFileError(ref.table, ref.run_id, f"cannot read {path.name}: {exc}") from None
+
+
+__all__ = ["EmptyRunError", "InvalidColumnNameError", "RunRef", "RunRejectedError",
+           "VerifiedRun", "check_names", "discover_runs", "uncommitted_runs", "verify_run"]

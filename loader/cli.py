@@ -1,0 +1,332 @@
+"""The `lake` command: thin click commands over lakehouse and loader functions.
+
+A command parses its options, resolves the root and config, calls one library function,
+prints the returned report (text, or JSON with --json) and exits with a code from DESIGN.md:
+0 done; 2 usage or config error; 3 done, but something was rejected; 75 busy (lock held, or
+stopped by a signal at a safe point: retry on the next tick); 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lakehouse.errors import (
+    ConfigError,
+    LakehouseError,
+    LoadAbortedError,
+    LockHeldError,
+    StopRequestedError,
+    UsageError,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED, EXIT_BUSY = 0, 1, 2, 3, 75
+CRASH_ENV = "LAKE_TEST_CRASH_AT"  # testing only: SIGKILL the loader at a named point
+
+
+class LakeContext:
+    """What every command needs: the resolved root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def config(self) -> Any:
+        from lakehouse.config import load_config
+
+        return load_config(self.root)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), envvar="LAKE_ROOT",
+              default="data", show_default=True,
+              help="The lake root (also LAKE_ROOT).")
+@click.version_option(package_name="lake", prog_name="lake")
+@click.pass_context
+def cli(ctx: click.Context, root: Path) -> None:
+    """Lake: lock-free Parquet staging, one validating loader, partitioned DuckDB tables."""
+    ctx.obj = LakeContext(root)
+
+
+def main() -> None:
+    """Console-script entry point: run the CLI and map errors to exit codes."""
+    try:
+        code = cli.main(standalone_mode=False, prog_name="lake")
+    except click.exceptions.Abort:
+        click.echo("lake: aborted", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code or EXIT_OK)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code DESIGN.md gives an error."""
+    if isinstance(exc, LockHeldError | StopRequestedError):
+        return EXIT_BUSY
+    if isinstance(exc, ConfigError | UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, LoadAbortedError):
+        return EXIT_REJECTED
+    return EXIT_ERROR
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Print a one-line error to stderr and exit with the mapped code."""
+    try:
+        yield
+    except LakehouseError as exc:
+        click.echo(f"lake: {exc}", err=True)
+        raise click.exceptions.Exit(exit_code_for(exc)) from None
+    except OSError as exc:
+        click.echo(f"lake: {exc.strerror or exc}: {exc.filename or ''} (check the path, "
+                   "free disk space and permissions, then run the command again)", err=True)
+        raise click.exceptions.Exit(EXIT_ERROR) from None
+
+
+def emit_json(data: Any) -> None:
+    """Print data as JSON (dates and decimals as text)."""
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+# -- init ---------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def init(obj: LakeContext, as_json: bool) -> None:
+    """Create the root layout, a starter lake.toml and the warehouse schema (idempotent)."""
+    from lakehouse.root import init_lake
+
+    with errors_to_exit():
+        report = init_lake(obj.root)
+    if as_json:
+        emit_json({"root": str(report.root), "created": report.created,
+                   "migrations_applied": report.migrations_applied,
+                   "schema_version": report.schema_version, "tables": report.tables})
+        return
+    click.echo(f"lake root {report.root}")
+    click.echo(f"  created: {', '.join(report.created) if report.created else 'nothing (exists)'}")
+    click.echo(f"  warehouse schema version {report.schema_version}"
+               + (f" (applied {report.migrations_applied})" if report.migrations_applied else ""))
+    click.echo(f"  tables declared: {', '.join(report.tables) or 'none yet (edit lake.toml)'}")
+
+
+# -- load ---------------------------------------------------------------------------------
+@cli.command()
+@click.option("--table", "-t", help="Load only this table.")
+@click.option("--max-runs", type=click.IntRange(min=1), help="Load at most N runs (oldest first).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for a busy warehouse before exiting 75.")
+@click.option("--dry-run", is_flag=True, help="Verify and validate; write and move nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout: float,
+         dry_run: bool, as_json: bool) -> None:
+    """Load every committed run in staging into the warehouse, oldest first, exactly once.
+
+    Exit 0 when all loaded, 3 when a run (or some rows) went to quarantine, 75 when the
+    warehouse is busy.
+    """
+    from loader.load import LoadOptions, StopFlag, load_pending
+
+    stop = StopFlag()
+    progress = _Progress(enabled=not as_json)
+    options = LoadOptions(table=table, max_runs=max_runs, lock_timeout=lock_timeout,
+                          dry_run=dry_run, progress=progress, stop=stop,
+                          crash_at=os.environ.get(CRASH_ENV) or None)
+    with errors_to_exit(), _stop_on_signals(stop):
+        config = obj.config()
+        report = load_pending(config, options)
+    progress.close()
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        _print_load(report)
+    if report.rejected:
+        raise click.exceptions.Exit(EXIT_REJECTED)
+
+
+class _Progress:
+    """A live counter on a terminal; plain log lines otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.counts: dict[str, int] = {}
+        self.rows = 0
+
+    def __call__(self, outcome: Any) -> None:
+        if not self.enabled:
+            return
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        self.rows += outcome.rows_loaded
+        if self.tty:
+            parts = " · ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+            click.echo(f"\r  {parts} · rows {self.rows:,}", err=True, nl=False)
+        elif outcome.status != "loaded":
+            click.echo(f"{outcome.status} {outcome.table}/{outcome.run_id}"
+                       + (f" [{outcome.reason_code}] {outcome.message}" if outcome.message else ""),
+                       err=True)
+        elif self.counts["loaded"] % 500 == 0:
+            click.echo(f"loaded {self.counts['loaded']} runs, {self.rows:,} rows", err=True)
+
+    def close(self) -> None:
+        if self.tty and self.counts:
+            click.echo("", err=True)
+
+
+@contextmanager
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    """SIGTERM/SIGINT ask the loader to stop at its next safe point."""
+    def handler(signum: int, frame: Any) -> None:
+        stop.signal_name = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _print_load(report: Any) -> None:
+    verb = "would load" if report.dry_run else "loaded"
+    if report.dry_run:
+        click.echo(f"dry run: {report.count('would_load')} runs would load, "
+                   f"{report.count('would_quarantine')} would be quarantined")
+        for r in report.runs:
+            line = f"  {r.status:17} {r.table}/{r.run_id}"
+            if r.status == "would_load":
+                line += f"  {r.rows_loaded:,} rows"
+            else:
+                line += f"  [{r.reason_code}] {r.message}"
+            click.echo(line)
+        return
+    d = report.as_dict()
+    click.echo(f"{verb} {d['runs_loaded']} runs ({d['rows_loaded']:,} rows); "
+               f"quarantined {d['runs_quarantined']}; skipped {d['runs_skipped']}; "
+               f"recovered {d['runs_recovered']} in {report.seconds:.2f}s")
+    for r in report.runs:
+        if r.status == "quarantined" or r.rows_rejected:
+            click.echo(f"  quarantined {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
+        elif r.status == "skipped":
+            click.echo(f"  skipped {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
+    if report.tables:
+        click.echo("tables:")
+        for name, t in sorted(report.tables.items()):
+            click.echo(f"  {name:24} {t.rows:>12,} rows  {t.partitions:>6} partitions")
+
+
+# -- health -------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def health(obj: LakeContext, as_json: bool) -> None:
+    """Latest run per job, failures in 7 days, freshness, failing checks (read-only)."""
+    from lakehouse.observability import health_report
+
+    with errors_to_exit(), _read_snapshot(obj.root) as wh:
+        report = health_report(wh)
+    if as_json:
+        emit_json(report)
+        return
+    titles = {"latest_runs": "Latest run per job", "failures_7d": "Failures, last 7 days",
+              "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks"}
+    for key, rows in report.items():
+        click.echo(f"{titles[key]}:")
+        if not rows:
+            click.echo("  (none)")
+            continue
+        click.echo(_format_table(list(rows[0].keys()), [list(r.values()) for r in rows],
+                                 indent="  "))
+
+
+@contextmanager
+def _read_snapshot(root: Path) -> Iterator[Any]:
+    from lakehouse.db import open_warehouse
+    from lakehouse.layout import LakePaths
+
+    paths = LakePaths.at(root)
+    if not paths.read_snapshot.exists():
+        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
+                         "and `lake load` first")
+    wh = open_warehouse(paths.read_snapshot, read_only=True, external_access=False)
+    try:
+        yield wh
+    finally:
+        wh.close()
+
+
+# -- query --------------------------------------------------------------------------------
+@cli.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.pass_obj
+def query(obj: LakeContext, sql: str, fmt: str) -> None:
+    """Run a read-only SQL query on the published snapshot (no file access)."""
+    from lakehouse.errors import WarehouseError
+
+    with errors_to_exit(), _read_snapshot(obj.root) as wh:
+        try:
+            columns, result = wh.query(sql, action="running your query")
+        except WarehouseError as exc:  # bad SQL is the caller's input: a usage error
+            raise UsageError(f"query failed: {exc.detail}") from None
+        rows = [list(r) for r in result]
+    if fmt == "json":
+        emit_json([dict(zip(columns, r, strict=True)) for r in rows])
+    elif fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        click.echo(buf.getvalue(), nl=False)
+    else:
+        click.echo(_format_table(columns, rows))
+
+
+def _format_table(columns: list[str], rows: list[list[Any]], indent: str = "") -> str:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = [indent + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+             indent + "  ".join("-" * w for w in widths)]
+    lines += [indent + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))
+              for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()
