@@ -201,16 +201,23 @@ class KeyConflictError(RunRejectedError):
 
 
 def summarize_failures(failures: list[FailureRecord], total: int, shown: int = 3) -> str:
-    """One-line summary of failures that ends with '... and N more'."""
+    """One-line summary: failures grouped by column and check, ending '... and N more'."""
     if not failures:
         return "contract violated"
+    groups: dict[tuple[str | None, str], list[FailureRecord]] = {}
+    for f in failures:
+        groups.setdefault((f.column, f.check), []).append(f)
     parts = []
-    for f in failures[:shown]:
-        where = f"column {f.column!r}" if f.column else "table"
-        case = "" if f.failure_case is None else f" (value {f.failure_case!r})"
-        row = "" if f.row is None else f" at row {f.row}"
-        parts.append(f"{where} failed {f.check}{case}{row}")
+    for (column, check), items in list(groups.items())[:shown]:
+        where = f"column {column!r}" if column else "table"
+        rows = [f.row for f in items if f.row is not None]
+        count = f" in {len(items)} rows" if len(items) > 1 else (
+            f" at row {rows[0]}" if rows else "")
+        example = next((f.failure_case for f in items if f.failure_case is not None), None)
+        case = "" if example is None else f" (e.g. {example!r})"
+        parts.append(f"{where} failed {check}{count}{case}")
     text = "; ".join(parts)
-    if total > shown:
-        text += f" ... and {total - shown} more"
+    listed = sum(len(items) for items in list(groups.values())[:shown])
+    if total > listed:
+        text += f" ... and {total - listed} more"
     return text

@@ -232,8 +232,11 @@ def _print_load(report: Any) -> None:
                f"quarantined {d['runs_quarantined']}; skipped {d['runs_skipped']}; "
                f"recovered {d['runs_recovered']} in {report.seconds:.2f}s")
     for r in report.runs:
-        if r.status == "quarantined" or r.rows_rejected:
+        if r.status == "quarantined":
             click.echo(f"  quarantined {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
+        elif r.rows_rejected:
+            click.echo(f"  partly loaded {r.table}/{r.run_id}: {r.rows_loaded:,} rows loaded, "
+                       f"{r.rows_rejected:,} invalid rows quarantined")
         elif r.status == "skipped":
             click.echo(f"  skipped {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
     if report.tables:

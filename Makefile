@@ -1,0 +1,47 @@
+# Lake: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LAKE := $(BIN)/lake
+ROOT ?= data
+# pytest arguments; CI adds a bounded slow-test run with `make test-slow`.
+PYTEST_ARGS ?=
+SLOW_ITERATIONS ?= 5
+
+.PHONY: install demo test test-slow lint typecheck clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## demo: a demo lake under data/: init, 4 producers at once, load, and what was loaded.
+demo: install
+	$(LAKE) --root $(ROOT) init
+	$(BIN)/python -m staging.demo --root $(ROOT) --producers 4
+	$(LAKE) --root $(ROOT) load || test $$? -eq 3   # 3: something was quarantined (on purpose)
+	$(LAKE) --root $(ROOT) query "SELECT kind, count(*) AS events, count(DISTINCT _lake_partition) AS months FROM events GROUP BY kind ORDER BY kind"
+	$(LAKE) --root $(ROOT) query "SELECT table_name, status, count(*) AS runs, sum(rows_loaded) AS rows FROM meta.staged_runs GROUP BY ALL ORDER BY ALL"
+
+## test: the test suite (slow crash/soak tests excluded; see test-slow).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-slow: the slow crash/soak tests, bounded by SLOW_ITERATIONS.
+test-slow: install
+	LAKE_SLOW_ITERATIONS=$(SLOW_ITERATIONS) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check lakehouse staging loader tests
+
+typecheck: install
+	$(BIN)/mypy lakehouse staging loader
+
+## clean: remove the demo lake's state (keeps data/lake.toml and data/contracts) and caches.
+clean:
+	rm -rf $(ROOT)/staging $(ROOT)/quarantine $(ROOT)/archive $(ROOT)/warehouse
+	rm -rf .pytest_cache .ruff_cache .mypy_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
