@@ -199,6 +199,11 @@ def _check_keys_and_partition(table: pa.Table, contract: TableContract,
 
 def duplicate_key_rows(table: pa.Table, key: tuple[str, ...]) -> list[int]:
     """Row numbers whose key occurs more than once in ``table`` (every occurrence)."""
+    if len(key) == 1:
+        # Fast path: a hash count of distinct values answers "no duplicates" without grouping.
+        distinct = pc.count_distinct(table.column(key[0]), mode="all").as_py()
+        if distinct == table.num_rows:
+            return []
     keyed = table.select(list(key)).append_column(
         "__row", pa.array(range(table.num_rows), pa.int64()))
     counts = keyed.group_by(list(key)).aggregate([("__row", "count")])

@@ -55,7 +55,10 @@ class Warehouse:
 
     def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None,
                  *, action: str = "reading") -> tuple[Any, ...] | None:
-        return self.execute(sql, params, action=action).fetchone()
+        """Run a query and return its first row. Fetches every row: DuckDB refuses to
+        register an Arrow table while a result is partly fetched."""
+        rows = self.fetchall(sql, params, action=action)
+        return rows[0] if rows else None
 
     def fetch_arrow(self, sql: str, params: Sequence[Any] | None = None,
                     *, action: str = "reading") -> Any:

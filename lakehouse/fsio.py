@@ -139,10 +139,14 @@ def is_local(fs: Any) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def rename_durably(src: Path, dst: Path) -> None:
-    """Rename a file or folder and fsync both parent folders (one state change)."""
+def rename_durably(src: Path, dst: Path, *, sync: bool = True) -> None:
+    """Rename a file or folder and fsync both parent folders (one state change).
+
+    With ``sync=False`` the caller fsyncs the parents itself, once for many renames.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.rename(src, dst)
-    fsync_dir(dst.parent)
-    if src.parent != dst.parent:
-        fsync_dir(src.parent)
+    if sync:
+        fsync_dir(dst.parent)
+        if src.parent != dst.parent:
+            fsync_dir(src.parent)

@@ -21,8 +21,13 @@ from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, rename_d
 from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, TMP_MARKER, LakePaths
 
 
-def archive_run(paths: LakePaths, table: str, run_id: str, *, retention_days: int) -> Path | None:
-    """Move a loaded run out of staging: to ``archive/`` or, with retention 0, delete it."""
+def archive_run(paths: LakePaths, table: str, run_id: str, *, retention_days: int,
+                sync: bool = True) -> Path | None:
+    """Move a loaded run out of staging: to ``archive/`` or, with retention 0, delete it.
+
+    ``sync=False`` leaves fsyncing the folders to the caller (see :func:`sync_folders`): the
+    ledger already records the run, so a rename lost to a crash is redone by the next load.
+    """
     src = paths.staged_run(table, run_id)
     if not src.exists():
         return None
@@ -30,8 +35,16 @@ def archive_run(paths: LakePaths, table: str, run_id: str, *, retention_days: in
         delete_run_folder(paths, src)
         return None
     dst = _free_name(paths.archived_run(table, run_id))
-    rename_durably(src, dst)
+    rename_durably(src, dst, sync=sync)
     return dst
+
+
+def sync_folders(paths: LakePaths, tables: set[str]) -> None:
+    """fsync the staging and archive folders of ``tables`` once after many renames."""
+    for table in tables:
+        for folder in (paths.staging / table, paths.archive / table):
+            if folder.is_dir():
+                fsync_dir(folder)
 
 
 def quarantine_run(paths: LakePaths, table: str, run_id: str, reason: dict[str, Any]) -> Path:

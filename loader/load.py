@@ -67,7 +67,13 @@ from lakehouse.merge import (
 )
 from lakehouse.merge import add_columns as add_table_columns
 from lakehouse.migrations import migrate
-from lakehouse.moves import archive_run, empty_trash, quarantine_rejected_rows, quarantine_run
+from lakehouse.moves import (
+    archive_run,
+    empty_trash,
+    quarantine_rejected_rows,
+    quarantine_run,
+    sync_folders,
+)
 from lakehouse.observability import RunLogger
 from lakehouse.publish import publish_snapshot
 from lakehouse.staged import RunRef, VerifiedRun, discover_runs, verify_run
@@ -541,9 +547,12 @@ class _Loader:
         """Ordering rule 4: runs leave staging only after their ledger rows committed."""
         retention = self.config.settings.retention_days
         moved = 0
+        tables = set()
         for run in batch.accepted:
             ref = run.verified.ref
-            archive_run(self.paths, ref.table, ref.run_id, retention_days=retention)
+            # No fsync per run: the ledger committed, so a lost rename is redone next load.
+            archive_run(self.paths, ref.table, ref.run_id, retention_days=retention, sync=False)
+            tables.add(ref.table)
             moved += 1
             if moved == 1:
                 self.crash("mid_archive")
@@ -552,10 +561,12 @@ class _Loader:
                                  "rows_dropped" if run.rejected_rows is not None else None,
                                  None if run.rejected_rows is None else
                                  f"{run.rejected_rows.num_rows} invalid rows quarantined"))
-        for ref, manifest, code, message in batch.skipped:
-            archive_run(self.paths, ref.table, ref.run_id, retention_days=retention)
+        for ref, _manifest, code, message in batch.skipped:
+            archive_run(self.paths, ref.table, ref.run_id, retention_days=retention, sync=False)
+            tables.add(ref.table)
             self.emit(RunOutcome(ref.table, ref.run_id, "skipped", reason_code=code,
                                  message=message))
+        sync_folders(self.paths, tables)
         for ref, error, manifest, _ in batch.rejected:
             quarantine_run(self.paths, ref.table, ref.run_id, error.reason())
             self.emit(RunOutcome(ref.table, ref.run_id, "quarantined",
