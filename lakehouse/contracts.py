@@ -65,6 +65,12 @@ class SchemaRegistry:
         self.config = config
         self._cache: dict[str, ResolvedSchema | None] = {}
 
+    def load_all(self) -> None:
+        """Resolve every table's schema now, so a broken contract fails every load (exit 2),
+        not only the load that meets a run of that table."""
+        for contract in self.config.tables.values():
+            self.get(contract)
+
     def get(self, contract: TableContract) -> ResolvedSchema | None:
         """Return the table's schema, or ``None`` when the contract names none.
 
@@ -97,7 +103,7 @@ def resolve_schema(config: LakeConfig, contract: TableContract) -> ResolvedSchem
 
 
 def _schema_from_file(config: LakeConfig, contract: TableContract) -> ResolvedSchema:
-    import pandera.io
+    from pandera.io import pandas_io  # pandera >= 0.35 keeps the (de)serializers here
 
     path = Path(contract.schema_file or "")
     if not path.is_absolute():
@@ -105,9 +111,9 @@ def _schema_from_file(config: LakeConfig, contract: TableContract) -> ResolvedSc
     try:
         text = path.read_text()
         if path.suffix.lower() == ".json":
-            schema = pandera.io.from_json(text)
+            schema = pandas_io.from_json(text)
         else:
-            schema = pandera.io.from_yaml(text)
+            schema = pandas_io.from_yaml(text)
     except Exception as exc:
         raise ConfigError(f"cannot read pandera schema {str(path)!r}: {exc}",
                           table=contract.name, key="schema_file",

@@ -29,6 +29,7 @@ MANIFEST_NAME = "_manifest.json"  # written last: its presence commits a run
 REASON_NAME = "_reason.json"  # beside a quarantined run: why it was rejected
 ABANDONED_NAME = "_abandoned.json"  # written by a producer whose run raised
 REJECTED_ROWS_NAME = "_rejected_rows.parquet"  # drop_rows: the rows that were not loaded
+SYMLINK_NAME = "_symlink"  # a quarantined run folder that was a symlink, moved as it was
 TMP_MARKER = ".tmp-"  # every file is first written as <name>.tmp-<uuid>
 DATA_SUFFIX = ".parquet"
 

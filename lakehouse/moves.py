@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, rename_durably
-from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, TMP_MARKER, LakePaths
+from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, SYMLINK_NAME, TMP_MARKER, LakePaths
 
 
 def archive_run(paths: LakePaths, table: str, run_id: str, *, retention_days: int,
@@ -50,9 +50,17 @@ def sync_folders(paths: LakePaths, tables: set[str]) -> None:
 def quarantine_run(paths: LakePaths, table: str, run_id: str, reason: dict[str, Any]) -> Path:
     """Write ``_reason.json`` into a staged run, then move the run whole to ``quarantine/``."""
     src = paths.staged_run(table, run_id)
-    # The reason is durable beside the data before the run leaves staging.
-    atomic_write_bytes(src / REASON_NAME, json.dumps(reason, indent=1, default=str).encode())
+    text = json.dumps(reason, indent=1, default=str).encode()
     dst = _free_name(paths.quarantined_run(table, run_id))
+    if src.is_symlink():
+        # Never write through a symlink (its target is outside our control): quarantine a
+        # real folder holding the reason and the link itself.
+        dst.mkdir(parents=True)
+        atomic_write_bytes(dst / REASON_NAME, text)
+        rename_durably(src, dst / SYMLINK_NAME)
+        return dst
+    # The reason is durable beside the data before the run leaves staging.
+    atomic_write_bytes(src / REASON_NAME, text)
     rename_durably(src, dst)
     return dst
 

@@ -139,6 +139,10 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
             file, an empty run or unsafe column names.
     """
     check_names(ref, config)
+    if ref.path.is_symlink():
+        raise InvalidRunError(ref.table, ref.run_id,
+                              "the run folder is a symlink; staged runs must be written by "
+                              "stage_run inside the lake root")
     manifest_bytes = _read_regular(ref, ref.path / MANIFEST_NAME)
     try:
         manifest = Manifest.from_json(manifest_bytes)

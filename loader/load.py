@@ -202,6 +202,7 @@ class _Loader:
         self.paths: LakePaths = config.paths
         self.schemas = SchemaRegistry(config)
         self.changed = False
+        self.abort: LoadAbortedError | None = None
 
     # -- crash points (tests only) ------------------------------------------------------
     def crash(self, point: str) -> None:
@@ -260,6 +261,8 @@ class _Loader:
                 continue
             self.crash("after_verify")
             accepted = self._validate(contract, resolved, verified, sums_seen, batch)
+            if self.abort is not None:
+                break
             if accepted is None:
                 continue
             if batch.accepted and (
@@ -269,6 +272,8 @@ class _Loader:
                     or batch.bytes + verified.manifest.bytes > settings.batch_max_bytes):
                 self.flush(contract, batch)
                 batch = _Batch()
+                if self.abort is not None:
+                    break
             batch.accepted.append(accepted)
             batch.rows += accepted.data.num_rows
             batch.bytes += verified.manifest.bytes
@@ -278,6 +283,8 @@ class _Loader:
                 sums_seen.setdefault(f.sha256, ref.run_id)
         if not batch.empty:
             self.flush(contract, batch)
+        if self.abort is not None:
+            raise self.abort
 
     def _prefetch_ledger(self, table: str, refs: list[RunRef]
                          ) -> tuple[dict[str, str], dict[str, str]]:
@@ -319,7 +326,9 @@ class _Loader:
                                       total_failures=outcome.total_failures,
                                       schema_level=outcome.schema_level)
         if contract.on_invalid == "abort":
-            raise LoadAbortedError(ref.table, ref.run_id, violation.problem)
+            # Stop here, but first commit the runs before this one (oldest first).
+            self.abort = LoadAbortedError(ref.table, ref.run_id, violation.problem)
+            return None
         if contract.on_invalid == "drop_rows" and not outcome.schema_level:
             mask = _row_mask(data.num_rows, outcome.invalid_rows)
             kept = data.filter(pc.invert(mask))
@@ -434,8 +443,10 @@ class _Loader:
                                       run.outcome, rejected, run.skipped_files))
                 continue
             if contract.on_invalid == "abort":
-                raise LoadAbortedError(ref.table, ref.run_id,
-                                       f"{len(local)} rows repeat keys already loaded")
+                # Commit the runs before this one; this run and the later ones stay staged.
+                self.abort = LoadAbortedError(ref.table, ref.run_id,
+                                              f"{len(local)} rows repeat keys already loaded")
+                break
             batch.rejected.append((ref, KeyConflictError(
                 ref.table, ref.run_id,
                 f"{len(local)} rows repeat primary keys ({key}) already in the table or in an "
@@ -589,6 +600,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
     paths = config.paths
     if options.table is not None:
         config.table(options.table)  # unknown table: a usage error before taking the lock
+    SchemaRegistry(config).load_all()  # a broken contract fails every load with exit 2
     with WarehouseLock(paths, "lake load", options.lock_timeout):
         if options.crash_at == "after_lock":
             os.kill(os.getpid(), signal.SIGKILL)
