@@ -98,7 +98,8 @@ def resolve_schema(config: LakeConfig, contract: TableContract) -> ResolvedSchem
         raise
     except Exception as exc:  # an import of user code can raise anything
         raise ConfigError(f"cannot load {contract.schema!r}: {type(exc).__name__}: {exc}",
-                          table=contract.name, key="schema", path=str(config.paths.config)) from None
+                          table=contract.name, key="schema",
+                          path=str(config.paths.config)) from None
     return _as_resolved(obj, contract, config)
 
 

@@ -105,7 +105,8 @@ class StopRequestedError(LakehouseError):
 
     def __init__(self, signal_name: str) -> None:
         self.signal_name = signal_name
-        super().__init__(f"stopped by {signal_name} at a safe point; run the command again to go on")
+        super().__init__(
+            f"stopped by {signal_name} at a safe point; run the command again to go on")
 
 
 @dataclass

@@ -98,7 +98,8 @@ class Manifest:
                 extra=doc.get("extra") if isinstance(doc.get("extra"), dict) else {},
             )
         except (KeyError, TypeError) as exc:
-            raise ManifestFormatError(f"manifest field missing or of the wrong type: {exc}") from None
+            raise ManifestFormatError(
+                f"manifest field missing or of the wrong type: {exc}") from None
         if "rows" in doc and doc["rows"] != manifest.rows:
             raise ManifestFormatError(
                 f"manifest says {doc['rows']} rows but its files add up to {manifest.rows}"

@@ -68,8 +68,9 @@ class RunLogger:
 
     def __enter__(self) -> RunLogger:
         self.wh.execute(
-            "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, started_at, "
-            "storage_backend, args_json, app_version) VALUES (?, ?, ?, 'started', ?, 'duckdb', ?, ?)",
+            "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, "
+            "started_at, storage_backend, args_json, app_version) "
+            "VALUES (?, ?, ?, 'started', ?, 'duckdb', ?, ?)",
             [self.run_id, self.job_name, self.triggered_by, self.started_at,
              json.dumps(self.args, default=str), __version__],
             action="recording the run start")
