@@ -285,6 +285,149 @@ def _read_snapshot(root: Path) -> Iterator[Any]:
         wh.close()
 
 
+# -- audit --------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the payload as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON payload to this file (atomically).")
+@click.option("--strict", is_flag=True, help="Exit 3 when a problem of severity error is found.")
+@click.pass_obj
+def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> None:
+    """Health of files, tables, partitions, staging, quarantine and ledger (read-only, no lock)."""
+    from lakehouse.audit import audit_lake
+
+    from lakehouse.fsio import atomic_write_bytes
+
+    with errors_to_exit():
+        report = audit_lake(obj.config())
+        if out is not None:
+            atomic_write_bytes(out, json.dumps(report.payload, indent=2,
+                                               default=_json_default).encode())
+    if as_json:
+        emit_json(report.payload)
+    else:
+        click.echo(report.format_text())
+    if strict and report.has_errors:
+        raise click.exceptions.Exit(EXIT_REJECTED)
+
+
+# -- compact ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report the expected gain; change nothing.")
+@click.option("--keep-backups", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Timestamped backups to keep in warehouse/backups/.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for a busy warehouse before exiting 75.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def compact(obj: LakeContext, dry_run: bool, keep_backups: int, lock_timeout: float,
+            as_json: bool) -> None:
+    """Rebuild the warehouse into a fresh file, verified, swapped atomically with a backup."""
+    from lakehouse.compaction import compact_warehouse
+
+    from loader.load import StopFlag
+
+    stop = StopFlag()
+    with errors_to_exit(), _stop_on_signals(stop):
+        report = compact_warehouse(
+            obj.config(), dry_run=dry_run, keep_backups=keep_backups, lock_timeout=lock_timeout,
+            stop=stop, crash_at=os.environ.get(CRASH_ENV) or None,
+            progress=None if as_json else _log_line)
+    data = report.as_dict()
+    if as_json:
+        emit_json(data)
+        return
+    mib = 1024 * 1024
+    if report.dry_run:
+        click.echo(f"dry run: warehouse {report.size_before / mib:,.1f} MiB; expected gain "
+                   f"{report.expected_gain / mib:,.1f} MiB")
+        return
+    click.echo(f"compacted {report.size_before / mib:,.1f} MiB -> {report.size_after / mib:,.1f}"
+               f" MiB in {report.seconds:.1f}s; backup {report.backup}")
+    for name, t in sorted(report.tables.items()):
+        click.echo(f"  {name:24} {t['rows']:>12,} rows  verified")
+
+
+def _log_line(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# -- cleanup ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--grace-minutes", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Temp files younger than this are left alone (a writer may be busy).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for a busy warehouse before exiting 75.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout: float,
+            as_json: bool) -> None:
+    """Remove stale temp files, quarantine abandoned runs, delete archive past retention."""
+    from datetime import timedelta
+
+    from loader.cleanup import cleanup_lake
+
+    with errors_to_exit():
+        report = cleanup_lake(obj.config(), dry_run=dry_run, lock_timeout=lock_timeout,
+                              grace=timedelta(minutes=grace_minutes))
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    verb = "would " if dry_run else ""
+    click.echo(f"cleanup: {verb}remove {report.count('temp_file')} temp files, "
+               f"{verb}quarantine {report.count('abandoned_run')} abandoned runs, "
+               f"{verb}delete {report.count('expired_archive')} archived runs past retention")
+    for action in report.actions:
+        click.echo(f"  {action.kind:16} {action.path}  {action.detail}")
+
+
+# -- quarantine ---------------------------------------------------------------------------
+@cli.group()
+def quarantine() -> None:
+    """Inspect and retry rejected runs."""
+
+
+@quarantine.command("list")
+@click.option("--table", "-t", help="Only this table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_obj
+def quarantine_list(obj: LakeContext, table: str | None, as_json: bool) -> None:
+    """List quarantined runs with their reasons, oldest first."""
+    from loader.quarantine import list_quarantine
+
+    with errors_to_exit():
+        runs = list_quarantine(obj.config(), table)
+    if as_json:
+        emit_json([r.as_dict() for r in runs])
+        return
+    if not runs:
+        click.echo("quarantine is empty")
+        return
+    click.echo(_format_table(
+        ["table", "run", "kind", "code", "failures", "since", "message"],
+        [[r.table, r.run_id, r.kind, r.code, r.failure_count, r.quarantined_at,
+          (r.message or "")[:80]] for r in runs]))
+
+
+@quarantine.command("replay")
+@click.argument("run")
+@click.option("--dry-run", is_flag=True, help="Say what would move; move nothing.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for a busy warehouse before exiting 75.")
+@click.pass_obj
+def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: float) -> None:
+    """Move a quarantined run back to staging (after fixing the contract or the data)."""
+    from loader.quarantine import replay_run
+
+    with errors_to_exit():
+        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout)
+    verb = "would move" if dry_run else "moved"
+    what = "rejected rows of" if result.kind == "rejected_rows" else "run"
+    click.echo(f"{verb} {what} {result.quarantined} -> {result.staged}; "
+               "the next `lake load` retries it")
+
+
 # -- query --------------------------------------------------------------------------------
 @cli.command()
 @click.argument("sql")
