@@ -51,7 +51,11 @@ class Warehouse:
     def fetchall(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None,
                  *, action: str = "reading") -> list[tuple[Any, ...]]:
         """Run a query and fetch every row (never leave a result half-fetched)."""
-        return self.execute(sql, params, action=action).fetchall()
+        cur = self.execute(sql, params, action=action)
+        try:
+            return cur.fetchall()
+        except duckdb.Error as exc:  # conversion errors surface while fetching
+            raise WarehouseError(action, _one_line(exc), type(exc).__name__) from exc
 
     def fetchone(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None,
                  *, action: str = "reading") -> tuple[Any, ...] | None:

@@ -217,18 +217,29 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
     stats.rows_inserted = inserted - stats.rows_updated
     if contract.merge == "replace_partition":
         stats.rows_updated = 0
-    stats.partitions = _partition_stats(wh, contract, partition_sql)
+    stats.partitions = _partition_stats(wh, contract, f"{source}{qualify}",
+                                        _column_type(run_columns, contract))
     return stats
 
 
-def _partition_stats(wh: Warehouse, contract: TableContract,
-                     partition_sql: str) -> dict[str, PartitionStats]:
+def _column_type(run_columns: list[tuple[str, str]], contract: TableContract) -> str | None:
     spec = contract.partition_by
     if spec is None:
-        row = wh.fetchone(f"SELECT count(*) FROM {BATCH_NAME}")
+        return None
+    return next((t for n, t in run_columns if n.lower() == spec.column.lower()), None)
+
+
+def _partition_stats(wh: Warehouse, contract: TableContract, rows_sql: str,
+                     column_type: str | None) -> dict[str, PartitionStats]:
+    """Rows written per partition (after dedupe) and the partition column's range there."""
+    spec = contract.partition_by
+    if spec is None:
+        row = wh.fetchone(f"SELECT count(*) FROM ({rows_sql})")
         return {"": PartitionStats(int(row[0]) if row else 0)}
     col = quote(spec.column)
+    if column_type and column_type.startswith("TIMESTAMP WITH TIME ZONE"):
+        col = f"CAST({col} AS TIMESTAMP)"  # UTC wall time (the session time zone is UTC)
     rows = wh.fetchall(
-        f"SELECT {partition_sql} AS p, count(*), min({col}), max({col}) FROM {BATCH_NAME} "
+        f"SELECT {PARTITION_COLUMN} AS p, count(*), min({col}), max({col}) FROM ({rows_sql}) "
         "GROUP BY p ORDER BY p", action=f"summarising partitions of {contract.name}")
     return {str(p): PartitionStats(int(n), lo, hi) for p, n, lo, hi in rows}

@@ -62,7 +62,8 @@ class RunLogger:
     args: dict[str, Any] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: datetime = field(default_factory=utcnow)
-    _assets: list[dict[str, Any]] = field(default_factory=list)
+    _assets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _dirty_assets: set[tuple[str, str]] = field(default_factory=set)
     _checks: list[dict[str, Any]] = field(default_factory=list)
     _watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
@@ -81,17 +82,32 @@ class RunLogger:
                   rows_deleted: int | None = None, bytes_written: int | None = None,
                   min_event_ts: Any = None, max_event_ts: Any = None,
                   extra: dict[str, Any] | None = None) -> None:
-        """Buffer one asset row (best-effort metrics)."""
+        """Add to the asset row of (asset, partition) for this run: one row per touched
+        partition, however many batches the load commits in (best-effort metrics)."""
         now = utcnow()
-        self._assets.append({
-            "run_id": self.run_id, "asset_key": asset_key, "asset_kind": "table",
-            "partition_key": partition_key, "status": status, "rows_inserted": rows_inserted,
-            "rows_updated": rows_updated, "rows_deleted": rows_deleted,
-            "bytes_written": bytes_written, "min_event_ts": as_timestamp(min_event_ts),
-            "max_event_ts": as_timestamp(max_event_ts),
-            "extra_json": json.dumps(extra, default=str) if extra else None,
-            "started_at": now, "ended_at": now, "duration_ms": 0,
-        })
+        key = (asset_key, partition_key)
+        row = self._assets.get(key)
+        if row is None:
+            row = self._assets[key] = {
+                "run_id": self.run_id, "asset_key": asset_key, "asset_kind": "table",
+                "partition_key": partition_key, "status": status, "rows_inserted": None,
+                "rows_updated": None, "rows_deleted": None, "bytes_written": None,
+                "min_event_ts": None, "max_event_ts": None, "extra_json": None,
+                "started_at": now, "ended_at": now, "duration_ms": 0}
+        for name, value in (("rows_inserted", rows_inserted), ("rows_updated", rows_updated),
+                            ("rows_deleted", rows_deleted), ("bytes_written", bytes_written)):
+            if value is not None:
+                row[name] = (row[name] or 0) + value
+        lo, hi = as_timestamp(min_event_ts), as_timestamp(max_event_ts)
+        if lo is not None and (row["min_event_ts"] is None or lo < row["min_event_ts"]):
+            row["min_event_ts"] = lo
+        if hi is not None and (row["max_event_ts"] is None or hi > row["max_event_ts"]):
+            row["max_event_ts"] = hi
+        if extra:
+            row["extra_json"] = json.dumps(extra, default=str)
+        row["ended_at"] = now
+        row["duration_ms"] = int((now - row["started_at"]).total_seconds() * 1000)
+        self._dirty_assets.add(key)
 
     def log_check(self, asset_key: str, check_name: str, *, passed: bool, severity: str = "error",
                   message: str | None = None, metrics: dict[str, Any] | None = None,
@@ -116,7 +132,16 @@ class RunLogger:
 
     def flush(self) -> None:
         """Write the buffered rows; call inside the load transaction."""
-        insert_rows(self.wh, "meta.ingestion_run_assets", ASSETS_SCHEMA, self._assets)
+        if self._dirty_assets:
+            # Rewrite the touched partitions' rows of this run with their running totals.
+            touched = sorted(self._dirty_assets)
+            self.wh.execute(
+                "DELETE FROM meta.ingestion_run_assets WHERE run_id = ? AND "
+                "asset_key || chr(0) || partition_key IN (SELECT unnest(?::VARCHAR[]))",
+                [self.run_id, [f"{a}\x00{p}" for a, p in touched]],
+                action="updating run assets")
+            insert_rows(self.wh, "meta.ingestion_run_assets", ASSETS_SCHEMA,
+                        [self._assets[k] for k in touched])
         insert_rows(self.wh, "meta.asset_checks", CHECKS_SCHEMA, self._checks)
         now = utcnow()
         for (asset, scope), ts in self._watermarks.items():
@@ -128,9 +153,21 @@ class RunLogger:
                 [asset, scope, ts, now, self.run_id], action="updating watermarks")
         self.discard()
 
+    def mark(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """A copy of the asset totals, to restore if the batch's transaction rolls back."""
+        return {k: dict(v) for k, v in self._assets.items()}
+
+    def rollback_to(self, mark: dict[tuple[str, str], dict[str, Any]]) -> None:
+        """Undo what a rolled-back batch logged."""
+        self._assets = mark
+        self.discard()
+
     def discard(self) -> None:
-        """Forget buffered rows (their transaction rolled back)."""
-        self._assets.clear()
+        """Forget buffered checks and watermarks (written, or their transaction rolled back).
+
+        Asset totals are kept across batches; only the set of rows to rewrite is reset.
+        """
+        self._dirty_assets.clear()
         self._checks.clear()
         self._watermarks.clear()
 

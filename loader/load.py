@@ -518,9 +518,16 @@ class _Loader:
             record_runs(self.wh, run_rows)
             record_files(self.wh, file_rows)
             if self.logger:
-                self._log(contract, batch, stats)
-                self.logger.flush()
-            self.crash("before_commit")
+                mark = self.logger.mark()
+                try:
+                    self._log(contract, batch, stats)
+                    self.logger.flush()
+                    self.crash("before_commit")
+                except BaseException:
+                    self.logger.rollback_to(mark)  # the transaction rolls back too
+                    raise
+            else:
+                self.crash("before_commit")
         self.changed = True
 
     def _log(self, contract: TableContract | None, batch: _Batch, stats: Any) -> None:
@@ -613,6 +620,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
             report.seconds = time.monotonic() - started
             return report
         wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
+        loader = None
         try:
             migrate(wh)
             with RunLogger(wh, "load", args={"table": options.table,
@@ -626,17 +634,34 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
                 for table in dict.fromkeys(r.table for r in pending):
                     loader.load_table(table, [r for r in pending if r.table == table])
             report.tables = table_summaries(wh, config)
-            changed = loader.changed
             wh.checkpoint()
-        finally:
-            wh.close()
+        except BaseException:
+            # Batches that committed before the failure, and the failed run row, are
+            # published all the same: readers and `lake health` must see them.
+            _close_and_publish_after_failure(wh, paths, loader)
+            raise
+        wh.close()
         loader.crash("after_archive")
-        if changed or not paths.read_snapshot.exists():
+        if loader.changed or not paths.read_snapshot.exists():
             loader.crash("before_publish")
             result = publish_snapshot(paths)
             report.published, report.publish_seconds = True, result.seconds
     report.seconds = time.monotonic() - started
     return report
+
+
+def _close_and_publish_after_failure(wh: Warehouse, paths: LakePaths,
+                                     loader: _Loader | None) -> None:
+    """Best effort: a failure while publishing must not hide the load's own error."""
+    try:
+        if loader is not None:  # the RunLogger row exists: publish it and what committed
+            wh.checkpoint()
+            wh.close()
+            publish_snapshot(paths)
+        else:
+            wh.close()
+    except (OSError, WarehouseError):
+        wh.close()
 
 
 def table_summaries(wh: Warehouse, config: LakeConfig) -> dict[str, TableSummary]:
