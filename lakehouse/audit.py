@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -121,10 +122,7 @@ class _Audit:
                               "code": code, "message": message, "fix": fix, **context})
 
     def rel(self, path: Path) -> str:
-        try:
-            return path.relative_to(self.config.paths.root).as_posix()
-        except ValueError:
-            return str(path)
+        return path.relative_to(self.config.paths.root).as_posix()
 
     def hours(self, since: datetime | None) -> float | None:
         return None if since is None else self.age(since)
@@ -209,7 +207,7 @@ class _Audit:
                                  "WHERE status = 'loaded' GROUP BY 1"))
         return {"tables": self.tables(wh, marks, loads),
                 "ledger": self.ledger(wh, staged, snap_time, warehouse["lock_holder"]),
-                "runs": self.runs(wh, live)}
+                "runs": self.runs(wh, live, snap_time)}
 
     def tables(self, wh: Warehouse, marks: dict[str, tuple[Any, ...]],
                loads: dict[str, datetime]) -> dict[str, Any]:
@@ -260,8 +258,8 @@ class _Audit:
                 info["duplicate_keys"] = dups
                 if dups:
                     self.problem("duplicate_keys", f"{dups} primary key(s) ({', '.join(keys)}) "
-                                 f"of {name} have more than one row", f'lake query "SELECT '
-                                 f'{key_sql}, count(*) FROM {q} GROUP BY ALL HAVING count(*) > 1"',
+                                 f"of {name} have more than one row", f"lake query 'SELECT "
+                                 f"{key_sql}, count(*) FROM {q} GROUP BY ALL HAVING count(*) > 1'",
                                  table=name, count=dups)
             age = info["hours_since_load"]
             if age is not None and age > self.limits.stale_table_hours:
@@ -298,7 +296,8 @@ class _Audit:
         for item in missing:
             self.problem("archive_not_in_ledger", f"archived run {item['run_id']} is not in the "
                          "ledger: its rows may be missing from the warehouse",
-                         f"mv {item['path']} staging/{item['table']}/ && lake load", **item)
+                         f"mv {item['path']} staging/{item['table']}/{item['run_id']} && "
+                         "lake load", **item)
         if behind:
             self.problem("snapshot_behind", f"{len(behind)} archived run(s) are newer than the "
                          "snapshot" + ("; a load is running" if holder else ""),
@@ -309,7 +308,8 @@ class _Audit:
                 "archived_runs": len(archived), "unfinished_moves": unfinished,
                 "archive_not_in_ledger": missing, "archived_after_snapshot": behind}
 
-    def runs(self, wh: Warehouse, live: os.stat_result | None) -> dict[str, Any]:
+    def runs(self, wh: Warehouse, live: os.stat_result | None,
+             snap_time: datetime | None) -> dict[str, Any]:
         """Latest run per job and failures in 7 days (the health queries), loader staleness."""
         out: dict[str, Any] = {}
         for key, name in (("latest", "latest_runs"), ("failures_7d", "failures_7d")):
@@ -318,22 +318,24 @@ class _Audit:
         # The query's window follows the database clock; keep it consistent with `now` too.
         since = _iso(self.now - timedelta(days=7)) or ""
         out["failures_7d"] = [r for r in out["failures_7d"] if (r["started_at"] or "") >= since]
-        last = (wh.fetchone("SELECT max(ended_at) FROM meta.ingestion_runs WHERE "
-                            "job_name = 'load' AND status = 'success'") or (None,))[0]
-        age = self.hours(last)
-        out.update(last_successful_load_at=_iso(last), hours_since_successful_load=age)
+        last, first = wh.fetchone(
+            "SELECT max(ended_at) FILTER (WHERE status = 'success'), min(started_at) "
+            "FROM meta.ingestion_runs WHERE job_name = 'load'") or (None, None)
+        out.update(last_successful_load_at=_iso(last), hours_since_successful_load=self.hours(last))
         if out["failures_7d"]:
             latest = out["failures_7d"][0]
             self.problem("failed_runs_7d", f"{len(out['failures_7d'])} failed run(s) in 7 days; "
                          f"latest: {latest['error_type']}: {str(latest['error_message'])[:200]}",
                          "lake health", count=len(out["failures_7d"]))
-        # A load that changes nothing does not republish the snapshot, so its last success
-        # may look old while cron runs fine: the live file's mtime shows it is still written.
-        written = self.hours(_mtime(live))
-        limit = self.limits.loader_stale_hours
-        if age is not None and age > limit and (written is None or written > limit):
-            self.problem("loader_stale", f"the last successful load ended {age:.1f} h ago",
-                         "check the cron job that runs lake load", hours=age)
+        # Loads that change something or fail republish the snapshot; one that succeeds with
+        # nothing to do only writes the live file. A live file written after the snapshot,
+        # and recently, therefore means the loader still runs and succeeds.
+        limit, written = self.limits.loader_stale_hours, _mtime(live)
+        quiet = written and snap_time and written > snap_time and self.age(written) <= limit
+        age = self.hours(last or first)  # never succeeded: since the first attempt
+        if age is not None and age > limit and not quiet:
+            self.problem("loader_stale", f"no successful load for {age:.1f} h", "check the cron "
+                         "job that runs lake load, and lake health", hours=age)
         return out
 
     def staging(self, waiting: list[RunRef]) -> dict[str, Any]:
@@ -347,13 +349,11 @@ class _Audit:
             self.problem("backlog", f"{len(late)} committed run(s) waited over {limit:g} h "
                          f"(oldest {late[0][0]:.1f} h)", "lake load", count=len(late),
                          table=late[0][1].table, run_id=late[0][1].run_id)
-        by_table: dict[str, int] = {}
-        for _, r in ages:
-            by_table[r.table] = by_table.get(r.table, 0) + 1
+        by_table = Counter(r.table for _, r in ages)
         uncommitted: list[dict[str, Any]] = []
         for folder in uncommitted_runs(self.config.paths):
-            # Its age is the last activity in it: a slow producer is still writing.
-            seen = [t for t in (_mtime(_stat(p)) for p in [folder, *_children(folder)]) if t]
+            # Its age is its last activity, temp files included (as `lake cleanup` counts it).
+            seen = [t for t in (_mtime(_stat(p)) for p in [folder, *_entries(folder)]) if t]
             if seen:  # gone meanwhile: a loader or cleanup moved it
                 uncommitted.append({
                     "table": folder.parent.name, "run_id": folder.name, "path": self.rel(folder),
@@ -374,15 +374,16 @@ class _Audit:
         return {"committed": {"count": len(ages), "by_table": dict(sorted(by_table.items())),
                               "oldest_run_id": ages[0][1].run_id if ages else None,
                               "oldest_age_hours": ages[0][0] if ages else None},
-                "uncommitted": {"count": len(uncommitted), "runs": uncommitted,
-                                "oldest_age_hours": _first(uncommitted, "age_hours")},
+                "uncommitted": {"count": len(uncommitted), "runs": uncommitted, "oldest_age_hours":
+                                uncommitted[0]["age_hours"] if uncommitted else None},
                 "temp_files": {"count": len(temps), "files": temps,
-                               "oldest_age_hours": _first(temps, "age_hours")}}
+                               "oldest_age_hours": temps[0]["age_hours"] if temps else None}}
 
     def temp_files(self) -> list[dict[str, Any]]:
-        """Every ``*.tmp-*`` file or folder under staging/ and warehouse/, oldest first."""
+        """Every ``*.tmp-*`` file or folder, oldest first, where `lake cleanup` looks."""
         found: list[dict[str, Any]] = []
-        for base in (self.config.paths.staging, self.config.paths.warehouse_dir):
+        paths = self.config.paths
+        for base in (paths.staging, paths.warehouse_dir, paths.quarantine, paths.archive):
             for folder, dirs, files in os.walk(base):
                 for name in [*dirs, *files]:
                     info = _stat(Path(folder, name)) if layout.is_temp_name(name) else None
@@ -431,11 +432,15 @@ def _run_folders(base: Path) -> list[tuple[str, str, Path]]:
 
 
 def _children(folder: Path) -> list[Path]:
-    """Entries of a folder without hidden and temp names; empty when it is gone."""
+    """Entries of a folder without hidden and temp names."""
+    return [p for p in _entries(folder)
+            if not p.name.startswith(".") and not layout.is_temp_name(p.name)]
+
+
+def _entries(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir()
-                      if not p.name.startswith(".") and not layout.is_temp_name(p.name))
-    except OSError:
+        return sorted(folder.iterdir())
+    except OSError:  # gone meanwhile, or not a folder
         return []
 
 
@@ -467,17 +472,8 @@ def _json(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else str(value)
 
 
-def _first(items: list[dict[str, Any]], key: str) -> Any:
-    return items[0][key] if items else None
-
-
 def _size(n: int | None) -> str:
-    value, unit = float(n or 0), "B"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            break
-        value /= 1024
-    return "missing" if n is None else f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+    return "missing" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def _age(hours: float | None) -> str:

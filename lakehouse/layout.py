@@ -24,6 +24,7 @@ WAREHOUSE_FILE = "lake.duckdb"
 READ_SNAPSHOT_FILE = "lake.read.duckdb"
 LOCK_FILE = "lake.lock"
 LOCK_INFO_FILE = "lake.lock.json"
+PUBLISH_PENDING_NAME = "publish.pending"  # a commit happened; the snapshot is behind
 
 MANIFEST_NAME = "_manifest.json"  # written last: its presence commits a run
 REASON_NAME = "_reason.json"  # beside a quarantined run: why it was rejected

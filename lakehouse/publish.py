@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakehouse.fsio import fsync_dir, temp_name
-from lakehouse.layout import LakePaths
+from lakehouse.layout import PUBLISH_PENDING_NAME, LakePaths
 
 # ioctl FICLONE (linux/fs.h): share the source's extents (copy-on-write) instead of copying.
 _FICLONE = 0x40049409
@@ -66,6 +66,24 @@ def _copy_in_kernel(fd_in: int, fd_out: int) -> None:
             shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
 
 
+def mark_publish_pending(paths: LakePaths) -> None:
+    """Note, before a write commits, that the snapshot must be republished.
+
+    If the writer dies between its commit and its publish, the next writer sees the note
+    and publishes even when it has nothing new to commit itself.
+    """
+    marker = paths.warehouse_dir / PUBLISH_PENDING_NAME
+    if not marker.exists():
+        marker.touch()
+        fsync_dir(marker.parent)
+
+
+def publish_pending(paths: LakePaths) -> bool:
+    """True when a write committed since the last publish (or there is no snapshot)."""
+    return (paths.warehouse_dir / PUBLISH_PENDING_NAME).exists() or \
+        not paths.read_snapshot.exists()
+
+
 def publish_snapshot(paths: LakePaths) -> PublishResult:
     """Copy the (closed, checkpointed) warehouse to the read snapshot atomically.
 
@@ -81,4 +99,5 @@ def publish_snapshot(paths: LakePaths) -> PublishResult:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(dst.parent)
+    (paths.warehouse_dir / PUBLISH_PENDING_NAME).unlink(missing_ok=True)  # after the rename
     return PublishResult(dst, dst.stat().st_size, time.monotonic() - started, method)

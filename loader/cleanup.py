@@ -28,6 +28,7 @@ from lakehouse.ledger import STATUS_QUARANTINED, record_runs, utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash, quarantine_run
+from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 
 DEFAULT_GRACE = timedelta(hours=1)
 
@@ -84,6 +85,7 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
                 rows = [_abandoned_row(t, r, reason) for t, r, reason in abandoned]
                 # The ledger row commits before the folder moves; a crash between the two
                 # leaves a run the next load recognises as quarantined and moves for us.
+                mark_publish_pending(paths)
                 with wh.transaction("recording abandoned runs"):
                     record_runs(wh, rows)
                 for table, run_id, reason in abandoned:
@@ -92,6 +94,8 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
             wh.checkpoint()
         finally:
             wh.close()
+        if not dry_run and publish_pending(paths):
+            publish_snapshot(paths)  # readers and `lake audit` see the new ledger rows
         if not dry_run:
             count = empty_trash(paths)
             if count:

@@ -75,7 +75,7 @@ from lakehouse.moves import (
     sync_folders,
 )
 from lakehouse.observability import RunLogger
-from lakehouse.publish import publish_snapshot
+from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 from lakehouse.staged import RunRef, VerifiedRun, discover_runs, verify_run
 
 CRASH_POINTS = ("after_lock", "after_verify", "before_commit", "after_commit", "mid_archive",
@@ -477,6 +477,7 @@ class _Loader:
         if batch.accepted:
             assert contract is not None
             self._register(batch)
+        mark_publish_pending(self.paths)  # before the commit: a crash after it republishes
         with self.wh.transaction(f"loading runs of {contract.name if contract else 'staging'}"):
             if batch.accepted:
                 assert contract is not None
@@ -642,7 +643,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
             raise
         wh.close()
         loader.crash("after_archive")
-        if loader.changed or not paths.read_snapshot.exists():
+        if loader.changed or publish_pending(paths):
             loader.crash("before_publish")
             result = publish_snapshot(paths)
             report.published, report.publish_seconds = True, result.seconds

@@ -39,6 +39,7 @@ from lakehouse.lock import WarehouseLock
 from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder
+from lakehouse.publish import mark_publish_pending, publish_snapshot
 
 
 @dataclass
@@ -153,12 +154,14 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
                 migrate(wh)
                 # Forget the ledger row first: if we die before the move, the run simply
                 # stays in quarantine; the other order would re-quarantine it on next load.
+                mark_publish_pending(paths)
                 with wh.transaction("forgetting the quarantined ledger row"):
                     forget_run(wh, run_id)
                 wh.checkpoint()
             finally:
                 wh.close()
             rename_durably(source, target)
+            publish_snapshot(paths)
     return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind, dry_run)
 
 
