@@ -184,7 +184,9 @@ class _Audit:
         cols, rows = wh.query("SELECT * FROM pragma_database_size()", action="reading sizes")
         size = dict(zip(cols, rows[0], strict=True)) if rows else {}
         total, free = int(size.get("total_blocks") or 0), int(size.get("free_blocks") or 0)
-        ratio = round(free / total, 4) if total else 0.0
+        used = int(size.get("used_blocks") or (total - free))
+        # 1 - used/total: free_blocks can also count blocks past the end of the file.
+        ratio = round(max(total - used, 0) / total, 4) if total else 0.0
         warehouse["database"] = {"block_size": size.get("block_size"), "total_blocks": total,
                                  "used_blocks": size.get("used_blocks"), "free_blocks": free,
                                  "free_ratio": ratio}

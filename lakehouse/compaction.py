@@ -39,7 +39,7 @@ from lakehouse.fsio import fsync_dir, temp_name
 from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
-from lakehouse.publish import publish_snapshot
+from lakehouse.publish import mark_publish_pending, publish_snapshot
 
 CRASH_POINTS = ("after_lock", "after_copy", "after_verify", "after_backup", "after_swap",
                 "before_publish")
@@ -186,6 +186,9 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         report.backup = str(backup.relative_to(paths.root))
         say(f"backup {report.backup}")
         _crash(crash_at, "after_backup")
+        # Before the swap: note that the snapshot must follow, so that if we die between the
+        # swap and the publish, the next writer (load, cleanup, compaction) republishes.
+        mark_publish_pending(paths)
         # The swap. Ordering: the backup is durable first, and the new file is complete and
         # fsynced; os.replace is atomic, so lake.duckdb is always the old or the new file.
         try:
@@ -200,7 +203,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             # Pruning comes after the swap, so a crash never leaves us short of the new backup.
             report.backups_pruned = _prune_backups(paths, keep_backups)
             _crash(crash_at, "before_publish")
-            publish_snapshot(paths)  # readers see the compacted file from now on
+            publish_snapshot(paths)  # readers see the compacted file; clears the pending note
             report.published = True
         except OSError as exc:
             raise CompactionError(
