@@ -18,6 +18,7 @@ from lakehouse.layout import RESERVED_PREFIX, LakePaths, is_identifier
 MERGE_STRATEGIES = ("append", "upsert", "replace_partition")
 ON_INVALID = ("quarantine", "drop_rows", "abort")
 SCHEMA_EVOLUTION = ("freeze", "add_columns")
+VALIDATION = ("grouped", "per_run")
 GRANULARITIES = ("identity", "day", "month", "year")
 
 CONFIG_TEMPLATE = """\
@@ -58,6 +59,7 @@ class TableContract:
     merge: str = "append"
     on_invalid: str = "quarantine"
     schema_evolution: str = "freeze"
+    validation: str = "grouped"
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class LakeConfig:
 
 _LAKE_KEYS = {f for f in LakeSettings.__dataclass_fields__}
 _TABLE_KEYS = {"schema", "schema_file", "primary_key", "partition_by", "merge", "on_invalid",
-               "schema_evolution"}
+               "schema_evolution", "validation"}
 
 
 def load_config(root: str | Path) -> LakeConfig:
@@ -203,6 +205,7 @@ def _parse_table(name: str, body: Any, where: str) -> TableContract:
         partition_by=partition, merge=merge or "append",
         on_invalid=text("on_invalid", "quarantine", ON_INVALID) or "quarantine",
         schema_evolution=text("schema_evolution", "freeze", SCHEMA_EVOLUTION) or "freeze",
+        validation=text("validation", "grouped", VALIDATION) or "grouped",
     )
 
 

@@ -18,29 +18,24 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse.config import LakeConfig, TableContract
-from lakehouse.contracts import SchemaRegistry, ValidationOutcome, check_run
+from lakehouse.contracts import SchemaRegistry, ValidationOutcome, check_run, check_runs
 from lakehouse.db import Warehouse, open_warehouse, quote
 from lakehouse.errors import (
     ContractViolation,
     FailureRecord,
-    InvalidRunError,
     KeyConflictError,
     LoadAbortedError,
     RunRejectedError,
     SchemaChangeError,
-    StopRequestedError,
     WarehouseError,
 )
-from lakehouse.layout import PARTITION_COLUMN, LakePaths, is_identifier, parse_run_id
+from lakehouse.layout import PARTITION_COLUMN, LakePaths, is_identifier
 from lakehouse.ledger import (
     STATUS_LOADED,
     STATUS_QUARANTINED,
@@ -54,7 +49,6 @@ from lakehouse.ledger import (
     utcnow,
 )
 from lakehouse.lock import WarehouseLock
-from lakehouse.manifest import Manifest, ManifestFormatError
 from lakehouse.merge import (
     BATCH_NAME,
     build_batch,
@@ -77,121 +71,20 @@ from lakehouse.moves import (
 from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 from lakehouse.staged import RunRef, VerifiedRun, discover_runs, verify_run
+from loader.batch import (
+    Accepted,
+    Batch,
+    Candidate,
+    drop_files,
+    drop_rows_reason,
+    ledger_row,
+    peek_manifest,
+    row_mask,
+)
+from loader.report import LoadOptions, LoadReport, RunOutcome, StopFlag, TableSummary
 
 CRASH_POINTS = ("after_lock", "after_verify", "before_commit", "after_commit", "mid_archive",
                 "after_archive", "before_publish")
-
-
-@dataclass
-class StopFlag:
-    """Set by a signal handler; the loader checks it between runs (safe points)."""
-
-    signal_name: str | None = None
-
-    def raise_if_set(self) -> None:
-        if self.signal_name:
-            raise StopRequestedError(self.signal_name)
-
-
-@dataclass
-class LoadOptions:
-    """What `lake load` was asked to do."""
-
-    table: str | None = None
-    max_runs: int | None = None
-    lock_timeout: float = 0.0
-    dry_run: bool = False
-    progress: Callable[[RunOutcome], None] | None = None
-    stop: StopFlag = field(default_factory=StopFlag)
-    crash_at: str | None = None  # testing only: SIGKILL this process at the named point
-
-
-@dataclass
-class RunOutcome:
-    """What happened to one staged run."""
-
-    table: str
-    run_id: str
-    status: str  # loaded | quarantined | skipped | recovered | would_load | would_quarantine
-    rows_loaded: int = 0
-    rows_rejected: int = 0
-    reason_code: str | None = None
-    message: str | None = None
-
-
-@dataclass
-class TableSummary:
-    """A data table after the load."""
-
-    rows: int
-    partitions: int
-
-
-@dataclass
-class LoadReport:
-    """The result of `lake load`."""
-
-    runs: list[RunOutcome] = field(default_factory=list)
-    tables: dict[str, TableSummary] = field(default_factory=dict)
-    dry_run: bool = False
-    published: bool = False
-    publish_seconds: float = 0.0
-    seconds: float = 0.0
-    load_run_id: str | None = None
-
-    def count(self, status: str) -> int:
-        return sum(1 for r in self.runs if r.status == status)
-
-    @property
-    def rejected(self) -> bool:
-        """True when any run (or part of one) was rejected: the CLI exits 3."""
-        return any(r.status in ("quarantined", "would_quarantine") or r.rows_rejected
-                   for r in self.runs)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "load_run_id": self.load_run_id,
-            "runs_loaded": self.count("loaded"),
-            "runs_quarantined": self.count("quarantined"),
-            "runs_skipped": self.count("skipped"),
-            "runs_recovered": self.count("recovered"),
-            "rows_loaded": sum(r.rows_loaded for r in self.runs),
-            "rows_rejected": sum(r.rows_rejected for r in self.runs),
-            "published": self.published,
-            "seconds": round(self.seconds, 3),
-            "tables": {k: asdict(v) for k, v in self.tables.items()},
-            "runs": [asdict(r) for r in self.runs],
-        }
-
-
-@dataclass
-class _Accepted:
-    verified: VerifiedRun
-    data: pa.Table
-    outcome: ValidationOutcome
-    rejected_rows: pa.Table | None = None
-    skipped_files: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Batch:
-    """Runs of one table waiting for one transaction."""
-
-    accepted: list[_Accepted] = field(default_factory=list)
-    rejected: list[tuple[RunRef, RunRejectedError, Manifest | None, str | None]] = field(
-        default_factory=list)
-    skipped: list[tuple[RunRef, Manifest, str, str]] = field(default_factory=list)
-    rows: int = 0
-    bytes: int = 0
-
-    @property
-    def empty(self) -> bool:
-        return not (self.accepted or self.rejected or self.skipped)
-
-    @property
-    def schema(self) -> pa.Schema | None:
-        return self.accepted[0].data.schema if self.accepted else None
 
 
 class _Loader:
@@ -203,6 +96,8 @@ class _Loader:
         self.schemas = SchemaRegistry(config)
         self.changed = False
         self.abort: LoadAbortedError | None = None
+        self.keys_seen: dict[str, str] = {}  # idempotency key -> run that loaded it
+        self.sums_seen: dict[str, str] = {}  # file checksum -> run that loaded it
 
     # -- crash points (tests only) ------------------------------------------------------
     def crash(self, point: str) -> None:
@@ -232,7 +127,7 @@ class _Loader:
     def load_table(self, table: str, refs: list[RunRef]) -> None:
         contract = self.config.tables.get(table) if is_identifier(table) else None
         if contract is None:
-            batch = _Batch()
+            batch = Batch()
             for ref in refs:
                 try:
                     verify_run(ref, self.config)  # raises for unknown/hostile tables
@@ -240,47 +135,29 @@ class _Loader:
                     batch.rejected.append((ref, exc, None, None))
             self.flush(None, batch)
             return
-        resolved = self.schemas.get(contract)
-        keys_seen, sums_seen = self._prefetch_ledger(table, refs)
+        self.keys_seen, self.sums_seen = self._prefetch_ledger(table, refs)
         settings = self.config.settings
-        batch = _Batch()
+        batch = Batch()
         for ref in refs:
             self.options.stop.raise_if_set()  # a safe point: nothing of this batch committed
-            manifest_key = _peek_key(ref)
-            if manifest_key is not None and manifest_key in keys_seen:
-                manifest = _peek_manifest(ref)
-                if manifest is not None:
-                    batch.skipped.append((ref, manifest, "duplicate_key",
-                                          f"idempotency key {manifest_key!r} already loaded by "
-                                          f"run {keys_seen[manifest_key]}"))
-                    continue
             try:
                 verified = verify_run(ref, self.config)
             except RunRejectedError as exc:
-                batch.rejected.append((ref, exc, _peek_manifest(ref), None))
+                batch.rejected.append((ref, exc, peek_manifest(ref), None))
                 continue
             self.crash("after_verify")
-            accepted = self._validate(contract, resolved, verified, sums_seen, batch)
-            if self.abort is not None:
-                break
-            if accepted is None:
-                continue
-            if batch.accepted and (
-                    batch.schema != accepted.data.schema
-                    or batch.rows + accepted.data.num_rows > settings.batch_max_rows
-                    or len(batch.accepted) >= settings.batch_max_runs
+            if batch.candidates and (
+                    batch.schema != verified.data.schema
+                    or batch.rows + verified.rows > settings.batch_max_rows
+                    or len(batch.candidates) >= settings.batch_max_runs
                     or batch.bytes + verified.manifest.bytes > settings.batch_max_bytes):
                 self.flush(contract, batch)
-                batch = _Batch()
+                batch = Batch()
                 if self.abort is not None:
                     break
-            batch.accepted.append(accepted)
-            batch.rows += accepted.data.num_rows
+            batch.candidates.append(Candidate(verified, verified.data))
+            batch.rows += verified.rows
             batch.bytes += verified.manifest.bytes
-            if verified.manifest.key is not None:
-                keys_seen[verified.manifest.key] = ref.run_id
-            for f in verified.manifest.files:
-                sums_seen.setdefault(f.sha256, ref.run_id)
         if not batch.empty:
             self.flush(contract, batch)
         if self.abort is not None:
@@ -291,7 +168,7 @@ class _Loader:
         """Idempotency keys and file checksums already loaded: one query each per table."""
         keys, sums = [], []
         for ref in refs:
-            manifest = _peek_manifest(ref)
+            manifest = peek_manifest(ref)
             if manifest is None:
                 continue
             if manifest.key is not None:
@@ -299,29 +176,79 @@ class _Loader:
             sums += [f.sha256 for f in manifest.files]
         return loaded_keys(self.wh, table, keys), loaded_checksums(self.wh, table, sums)
 
-    def _validate(self, contract: TableContract, resolved: Any, verified: VerifiedRun,
-                  sums_seen: dict[str, str], batch: _Batch) -> _Accepted | None:
+    # -- validation ---------------------------------------------------------------------
+    def _settle(self, contract: TableContract, batch: Batch) -> None:
+        """Turn the batch's candidates into accepted, skipped or rejected runs, in order.
+
+        Fast path: drop repeats, then validate all remaining runs in one grouped call. If any
+        run fails, undo and redo the batch one run at a time, so that a rejected run never
+        makes a later run look like a repeat of it.
+        """
+        resolved = self.schemas.get(contract)
+        saved_keys, saved_sums = dict(self.keys_seen), dict(self.sums_seen)
+        skipped_before = len(batch.skipped)
+        planned = [c for c in (self._drop_repeats(contract, c, batch) for c in batch.candidates)
+                   if c is not None]
+        outcomes = check_runs([c.data for c in planned], contract, resolved)
+        if all(o.ok for o in outcomes):
+            batch.accepted = [Accepted(c.verified, c.data, _with_repeat_warning(o, c, contract),
+                                       skipped_files=c.skipped_files)
+                              for c, o in zip(planned, outcomes, strict=True)]
+            return
+        self.keys_seen, self.sums_seen = saved_keys, saved_sums
+        del batch.skipped[skipped_before:]
+        for candidate in batch.candidates:
+            kept = self._drop_repeats(contract, candidate, batch, register=False)
+            if kept is None:
+                continue
+            outcome = check_runs([kept.data], contract, resolved)[0]
+            accepted = self._apply(contract, kept, _with_repeat_warning(outcome, kept, contract),
+                                   batch)
+            if self.abort is not None:
+                break  # this run and the later ones stay in staging
+            if accepted is not None:
+                batch.accepted.append(accepted)
+                self._remember(accepted.verified)
+
+    def _drop_repeats(self, contract: TableContract, candidate: Candidate, batch: Batch,
+                      register: bool = True) -> Candidate | None:
+        """Skip a run whose idempotency key was loaded; for append, drop files whose content
+        was loaded (skip the run if all were). ``register``: count the run as accepted."""
+        verified = candidate.verified
         ref, manifest = verified.ref, verified.manifest
-        data = verified.data
-        skipped_files: list[str] = []
-        duplicate_files = [f for f in manifest.files if f.sha256 in sums_seen]
-        if duplicate_files and contract.merge == "append":
+        if manifest.key is not None and manifest.key in self.keys_seen:
+            batch.skipped.append((ref, manifest, "duplicate_key",
+                                  f"idempotency key {manifest.key!r} already loaded by run "
+                                  f"{self.keys_seen[manifest.key]}"))
+            return None
+        repeats = [f for f in manifest.files if f.sha256 in self.sums_seen]
+        data, skipped_files = verified.data, []
+        if repeats and contract.merge == "append":
             # The same content was loaded before under another run: appending it again
             # would duplicate rows. Skip those files (the whole run if all are repeats).
-            if len(duplicate_files) == len(manifest.files):
+            if len(repeats) == len(manifest.files):
                 batch.skipped.append((ref, manifest, "duplicate_content",
                                       f"every file was already loaded (first by run "
-                                      f"{sums_seen[duplicate_files[0].sha256]})"))
+                                      f"{self.sums_seen[repeats[0].sha256]})"))
                 return None
-            data, skipped_files = _drop_files(data, manifest, {f.name for f in duplicate_files})
-        outcome = check_run(data, contract, resolved)
-        if duplicate_files and contract.merge != "append":
-            outcome.warnings.append(FailureRecord(
-                "content_not_repeated", None,
-                f"{len(duplicate_files)} file(s) were loaded before; merged again "
-                f"({contract.merge} is idempotent)"))
+            data, skipped_files = drop_files(data, manifest, {f.name for f in repeats})
+        if register:
+            self._remember(verified)
+        return Candidate(verified, data, skipped_files, len(repeats))
+
+    def _remember(self, verified: VerifiedRun) -> None:
+        if verified.manifest.key is not None:
+            self.keys_seen[verified.manifest.key] = verified.ref.run_id
+        for f in verified.manifest.files:
+            self.sums_seen.setdefault(f.sha256, verified.ref.run_id)
+
+    def _apply(self, contract: TableContract, candidate: Candidate, outcome: ValidationOutcome,
+               batch: Batch) -> Accepted | None:
+        """Apply ``on_invalid`` to one validated run."""
+        verified, data = candidate.verified, candidate.data
+        ref = verified.ref
         if outcome.ok:
-            return _Accepted(verified, data, outcome, skipped_files=skipped_files)
+            return Accepted(verified, data, outcome, skipped_files=candidate.skipped_files)
         violation = ContractViolation(ref.table, ref.run_id, outcome.failures,
                                       total_failures=outcome.total_failures,
                                       schema_level=outcome.schema_level)
@@ -330,18 +257,22 @@ class _Loader:
             self.abort = LoadAbortedError(ref.table, ref.run_id, violation.problem)
             return None
         if contract.on_invalid == "drop_rows" and not outcome.schema_level:
-            mask = _row_mask(data.num_rows, outcome.invalid_rows)
+            mask = row_mask(data.num_rows, outcome.invalid_rows)
             kept = data.filter(pc.invert(mask))
             if kept.num_rows:
-                return _Accepted(verified, kept, outcome, rejected_rows=data.filter(mask),
-                                 skipped_files=skipped_files)
-        batch.rejected.append((ref, violation, manifest, verified.manifest_sha256))
+                return Accepted(verified, kept, outcome, rejected_rows=data.filter(mask),
+                                skipped_files=candidate.skipped_files)
+        batch.rejected.append((ref, violation, verified.manifest, verified.manifest_sha256))
         return None
 
     # -- one transaction ----------------------------------------------------------------
-    def flush(self, contract: TableContract | None, batch: _Batch) -> None:
-        """Merge a batch and write its ledger rows in one transaction, then move its runs."""
+    def flush(self, contract: TableContract | None, batch: Batch) -> None:
+        """Validate a batch, merge it and write its ledger rows in one transaction, then
+        move its runs."""
         self.options.stop.raise_if_set()
+        if contract is not None and batch.candidates:
+            self._settle(contract, batch)
+            batch.candidates = []
         if contract is not None and batch.accepted:
             self._screen_batch(contract, batch)
         try:
@@ -356,7 +287,7 @@ class _Loader:
         self.crash("after_commit")
         self._move(batch)
 
-    def _isolate(self, contract: TableContract, batch: _Batch, exc: WarehouseError) -> None:
+    def _isolate(self, contract: TableContract, batch: Batch, exc: WarehouseError) -> None:
         """Bisect a batch whose merge failed on its data, to quarantine only the bad run."""
         if len(batch.accepted) == 1:
             run = batch.accepted[0]
@@ -369,13 +300,13 @@ class _Loader:
             self.flush(contract, batch)
             return
         half = len(batch.accepted) // 2
-        first = _Batch(accepted=batch.accepted[:half], rejected=batch.rejected,
+        first = Batch(accepted=batch.accepted[:half], rejected=batch.rejected,
                        skipped=batch.skipped)
-        second = _Batch(accepted=batch.accepted[half:])
+        second = Batch(accepted=batch.accepted[half:])
         self.flush(contract, first)
         self.flush(contract, second)
 
-    def _screen_batch(self, contract: TableContract, batch: _Batch) -> None:
+    def _screen_batch(self, contract: TableContract, batch: Batch) -> None:
         """Checks that need the table: schema changes and, for keyed appends, key conflicts."""
         while batch.accepted:
             self._register(batch)
@@ -415,7 +346,7 @@ class _Loader:
             self._reject_conflicts(contract, batch, rows)
         self.wh.unregister(BATCH_NAME)
 
-    def _reject_conflicts(self, contract: TableContract, batch: _Batch, rows: list[int]) -> None:
+    def _reject_conflicts(self, contract: TableContract, batch: Batch, rows: list[int]) -> None:
         offsets, start = [], 0
         for run in batch.accepted:
             offsets.append((start, start + run.data.num_rows))
@@ -433,13 +364,13 @@ class _Loader:
                                                for k in contract.primary_key), r)
                         for r in local[:20]]
             if contract.on_invalid == "drop_rows" and len(local) < run.data.num_rows:
-                mask = _row_mask(run.data.num_rows, set(local))
+                mask = row_mask(run.data.num_rows, set(local))
                 rejected = run.data.filter(mask)
                 if run.rejected_rows is not None:
                     rejected = pa.concat_tables([run.rejected_rows, rejected])
                 run.outcome.failures += failures
                 run.outcome.total_failures += len(local)
-                keep.append(_Accepted(run.verified, run.data.filter(pc.invert(mask)),
+                keep.append(Accepted(run.verified, run.data.filter(pc.invert(mask)),
                                       run.outcome, rejected, run.skipped_files))
                 continue
             if contract.on_invalid == "abort":
@@ -455,14 +386,14 @@ class _Loader:
                 run.verified.manifest, run.verified.manifest_sha256))
         batch.accepted = keep
 
-    def _register(self, batch: _Batch) -> pa.Table:
+    def _register(self, batch: Batch) -> pa.Table:
         data = build_batch([a.data for a in batch.accepted],
                            [a.verified.ref.run_id for a in batch.accepted])
         self.wh.unregister(BATCH_NAME)
         self.wh.register(BATCH_NAME, data)
         return data
 
-    def _commit(self, contract: TableContract | None, batch: _Batch) -> None:
+    def _commit(self, contract: TableContract | None, batch: Batch) -> None:
         now = utcnow()
         load_id = self.logger.run_id if self.logger else None
         stats = None
@@ -473,7 +404,7 @@ class _Loader:
                 # Ordering rule 5: rejected rows are on disk before the commit names them.
                 ref = run.verified.ref
                 quarantine_rejected_rows(self.paths, ref.table, ref.run_id,
-                                         _drop_rows_reason(ref, run), run.rejected_rows)
+                                         drop_rows_reason(ref, run), run.rejected_rows)
         if batch.accepted:
             assert contract is not None
             self._register(batch)
@@ -499,7 +430,7 @@ class _Loader:
                 self.wh.unregister(BATCH_NAME)
             for run in batch.accepted:
                 v = run.verified
-                run_rows.append(_ledger_row(v.ref, v.manifest, v.manifest_sha256, STATUS_LOADED,
+                run_rows.append(ledger_row(v.ref, v.manifest, v.manifest_sha256, STATUS_LOADED,
                                             None, run.data.num_rows,
                                             0 if run.rejected_rows is None
                                             else run.rejected_rows.num_rows, load_id, now))
@@ -508,11 +439,11 @@ class _Loader:
                                "bytes": f.bytes, "loaded_at": now}
                               for f in v.manifest.files if f.name not in run.skipped_files]
             for ref, error, manifest, manifest_sha in batch.rejected:
-                run_rows.append(_ledger_row(ref, manifest, manifest_sha, STATUS_QUARANTINED,
+                run_rows.append(ledger_row(ref, manifest, manifest_sha, STATUS_QUARANTINED,
                                             error.reason(), 0,
                                             manifest.rows if manifest else 0, load_id, now))
             for ref, manifest, code, message in batch.skipped:
-                run_rows.append(_ledger_row(ref, manifest, None, STATUS_SKIPPED,
+                run_rows.append(ledger_row(ref, manifest, None, STATUS_SKIPPED,
                                             {"code": code, "message": message}, 0, 0,
                                             load_id, now))
             # Ordering rule 3: ledger rows commit with the data rows.
@@ -531,7 +462,7 @@ class _Loader:
                 self.crash("before_commit")
         self.changed = True
 
-    def _log(self, contract: TableContract | None, batch: _Batch, stats: Any) -> None:
+    def _log(self, contract: TableContract | None, batch: Batch, stats: Any) -> None:
         assert self.logger is not None
         log = self.logger
         if stats is not None and contract is not None:
@@ -562,7 +493,7 @@ class _Loader:
             log.log_check(ref.table, code, passed=False, severity="warn", message=message,
                           metrics={"run_id": ref.run_id})
 
-    def _move(self, batch: _Batch) -> None:
+    def _move(self, batch: Batch) -> None:
         """Ordering rule 4: runs leave staging only after their ledger rows committed."""
         retention = self.config.settings.retention_days
         moved = 0
@@ -699,71 +630,15 @@ def _dry_run(config: LakeConfig, refs: list[RunRef], report: LoadReport) -> None
                                           reason_code=violation.code, message=violation.problem))
 
 
-def _peek_manifest(ref: RunRef) -> Manifest | None:
-    try:
-        return Manifest.from_json((ref.path / "_manifest.json").read_bytes())
-    except (OSError, ManifestFormatError):
-        return None
+def _with_repeat_warning(outcome: ValidationOutcome, candidate: Candidate,
+                         contract: TableContract) -> ValidationOutcome:
+    if candidate.repeated_files and contract.merge != "append":
+        outcome.warnings.append(FailureRecord(
+            "content_not_repeated", None,
+            f"{candidate.repeated_files} file(s) were loaded before; merged again "
+            f"({contract.merge} is idempotent)"))
+    return outcome
 
 
-def _peek_key(ref: RunRef) -> str | None:
-    manifest = _peek_manifest(ref)
-    return manifest.key if manifest else None
-
-
-def _drop_files(data: pa.Table, manifest: Manifest, names: set[str]) -> tuple[pa.Table, list[str]]:
-    keep = []
-    start = 0
-    for f in manifest.files:
-        if f.name not in names:
-            keep.append(data.slice(start, f.rows))
-        start += f.rows
-    return pa.concat_tables(keep), sorted(names)
-
-
-def _row_mask(length: int, rows: set[int]) -> pa.Array:
-    flags = [False] * length
-    for r in rows:
-        if 0 <= r < length:
-            flags[r] = True
-    return pa.array(flags, pa.bool_())
-
-
-def _drop_rows_reason(ref: RunRef, run: _Accepted) -> dict[str, Any]:
-    violation = ContractViolation(ref.table, ref.run_id, run.outcome.failures,
-                                  total_failures=run.outcome.total_failures, schema_level=False)
-    reason = violation.reason()
-    reason["code"] = "rows_dropped"
-    reason["rows_loaded"] = run.data.num_rows
-    reason["rows_rejected"] = 0 if run.rejected_rows is None else run.rejected_rows.num_rows
-    return reason
-
-
-def _ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None, status: str,
-                reason: dict[str, Any] | None, rows_loaded: int, rows_rejected: int,
-                load_id: str | None, now: datetime) -> dict[str, Any]:
-    parts = parse_run_id(ref.run_id)
-    committed = None
-    if manifest is not None:
-        try:
-            committed = datetime.fromisoformat(manifest.committed_at).astimezone(UTC).replace(
-                tzinfo=None)
-        except ValueError:
-            committed = None
-    return {
-        "run_id": ref.run_id, "table_name": ref.table,
-        "producer": manifest.producer if manifest else (parts.producer if parts else None),
-        "idempotency_key": manifest.key if manifest else None,
-        "manifest_sha256": manifest_sha, "status": status,
-        "reason_code": reason.get("code") if reason else None,
-        "reason_json": json.dumps(reason, default=str) if reason else None,
-        "rows_staged": manifest.rows if manifest else None, "rows_loaded": rows_loaded,
-        "rows_rejected": rows_rejected, "bytes_staged": manifest.bytes if manifest else None,
-        "load_run_id": load_id,
-        "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
-        "committed_at": committed, "recorded_at": now,
-    }
-
-
-__all__ = ["CRASH_POINTS", "InvalidRunError", "LoadOptions", "LoadReport", "RunOutcome",
-           "StopFlag", "TableSummary", "load_pending"]
+__all__ = ["CRASH_POINTS", "LoadOptions", "LoadReport", "RunOutcome", "StopFlag",
+           "TableSummary", "load_pending"]

@@ -1,0 +1,129 @@
+"""The runs of one batch: candidates, accepted runs, and the helpers that shape them.
+
+A *candidate* is a verified run waiting for validation; once validated it becomes an
+*accepted* run (maybe with some rows dropped) or a rejected one. A batch is what one
+transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from lakehouse.contracts import ValidationOutcome
+from lakehouse.errors import ContractViolation, RunRejectedError
+from lakehouse.layout import MANIFEST_NAME, parse_run_id
+from lakehouse.manifest import Manifest, ManifestFormatError
+from lakehouse.staged import RunRef, VerifiedRun
+
+
+@dataclass
+class Candidate:
+    """A verified run, with the files a repeat check already dropped."""
+
+    verified: VerifiedRun
+    data: pa.Table
+    skipped_files: list[str] = field(default_factory=list)
+    repeated_files: int = 0  # files loaded before (merged again for upsert/replace)
+
+
+@dataclass
+class Accepted:
+    verified: VerifiedRun
+    data: pa.Table
+    outcome: ValidationOutcome
+    rejected_rows: pa.Table | None = None
+    skipped_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """Runs of one table waiting for one transaction."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[tuple[RunRef, RunRejectedError, Manifest | None, str | None]] = field(
+        default_factory=list)
+    skipped: list[tuple[RunRef, Manifest, str, str]] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.candidates or self.accepted or self.rejected or self.skipped)
+
+    @property
+    def schema(self) -> pa.Schema | None:
+        return self.candidates[0].data.schema if self.candidates else None
+
+
+def peek_manifest(ref: RunRef) -> Manifest | None:
+    try:
+        return Manifest.from_json((ref.path / MANIFEST_NAME).read_bytes())
+    except (OSError, ManifestFormatError):
+        return None
+
+
+def peek_key(ref: RunRef) -> str | None:
+    manifest = peek_manifest(ref)
+    return manifest.key if manifest else None
+
+
+def drop_files(data: pa.Table, manifest: Manifest, names: set[str]) -> tuple[pa.Table, list[str]]:
+    keep = []
+    start = 0
+    for f in manifest.files:
+        if f.name not in names:
+            keep.append(data.slice(start, f.rows))
+        start += f.rows
+    return pa.concat_tables(keep), sorted(names)
+
+
+def row_mask(length: int, rows: set[int]) -> pa.Array:
+    flags = [False] * length
+    for r in rows:
+        if 0 <= r < length:
+            flags[r] = True
+    return pa.array(flags, pa.bool_())
+
+
+def drop_rows_reason(ref: RunRef, run: Accepted) -> dict[str, Any]:
+    violation = ContractViolation(ref.table, ref.run_id, run.outcome.failures,
+                                  total_failures=run.outcome.total_failures, schema_level=False)
+    reason = violation.reason()
+    reason["code"] = "rows_dropped"
+    reason["rows_loaded"] = run.data.num_rows
+    reason["rows_rejected"] = 0 if run.rejected_rows is None else run.rejected_rows.num_rows
+    return reason
+
+
+def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None, status: str,
+                reason: dict[str, Any] | None, rows_loaded: int, rows_rejected: int,
+                load_id: str | None, now: datetime) -> dict[str, Any]:
+    parts = parse_run_id(ref.run_id)
+    committed = None
+    if manifest is not None:
+        try:
+            committed = datetime.fromisoformat(manifest.committed_at).astimezone(UTC).replace(
+                tzinfo=None)
+        except ValueError:
+            committed = None
+    return {
+        "run_id": ref.run_id, "table_name": ref.table,
+        "producer": manifest.producer if manifest else (parts.producer if parts else None),
+        "idempotency_key": manifest.key if manifest else None,
+        "manifest_sha256": manifest_sha, "status": status,
+        "reason_code": reason.get("code") if reason else None,
+        "reason_json": json.dumps(reason, default=str) if reason else None,
+        "rows_staged": manifest.rows if manifest else None, "rows_loaded": rows_loaded,
+        "rows_rejected": rows_rejected, "bytes_staged": manifest.bytes if manifest else None,
+        "load_run_id": load_id,
+        "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
+        "committed_at": committed, "recorded_at": now,
+    }
+
+

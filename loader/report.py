@@ -1,0 +1,94 @@
+"""What a load reports, and the options it takes (kept apart from the orchestration)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lakehouse.errors import StopRequestedError
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler; the loader checks it between runs (safe points)."""
+
+    signal_name: str | None = None
+
+    def raise_if_set(self) -> None:
+        if self.signal_name:
+            raise StopRequestedError(self.signal_name)
+
+
+@dataclass
+class LoadOptions:
+    """What `lake load` was asked to do."""
+
+    table: str | None = None
+    max_runs: int | None = None
+    lock_timeout: float = 0.0
+    dry_run: bool = False
+    progress: Callable[[RunOutcome], None] | None = None
+    stop: StopFlag = field(default_factory=StopFlag)
+    crash_at: str | None = None  # testing only: SIGKILL this process at the named point
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one staged run."""
+
+    table: str
+    run_id: str
+    status: str  # loaded | quarantined | skipped | recovered | would_load | would_quarantine
+    rows_loaded: int = 0
+    rows_rejected: int = 0
+    reason_code: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class TableSummary:
+    """A data table after the load."""
+
+    rows: int
+    partitions: int
+
+
+@dataclass
+class LoadReport:
+    """The result of `lake load`."""
+
+    runs: list[RunOutcome] = field(default_factory=list)
+    tables: dict[str, TableSummary] = field(default_factory=dict)
+    dry_run: bool = False
+    published: bool = False
+    publish_seconds: float = 0.0
+    seconds: float = 0.0
+    load_run_id: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.runs if r.status == status)
+
+    @property
+    def rejected(self) -> bool:
+        """True when any run (or part of one) was rejected: the CLI exits 3."""
+        return any(r.status in ("quarantined", "would_quarantine") or r.rows_rejected
+                   for r in self.runs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "load_run_id": self.load_run_id,
+            "runs_loaded": self.count("loaded"),
+            "runs_quarantined": self.count("quarantined"),
+            "runs_skipped": self.count("skipped"),
+            "runs_recovered": self.count("recovered"),
+            "rows_loaded": sum(r.rows_loaded for r in self.runs),
+            "rows_rejected": sum(r.rows_rejected for r in self.runs),
+            "published": self.published,
+            "seconds": round(self.seconds, 3),
+            "tables": {k: asdict(v) for k, v in self.tables.items()},
+            "runs": [asdict(r) for r in self.runs],
+        }
+
+
