@@ -154,25 +154,51 @@ def add_columns(wh: Warehouse, table: str, columns: list[tuple[str, str]]) -> No
                    action=f"adding column {name} to {table}")
 
 
+def key_range(wh: Warehouse, keys: tuple[str, ...], alias: str) -> tuple[str, list[Any]]:
+    """A ``k BETWEEN min AND max`` filter per key column, with the batch's bounds as
+    parameters: constants let DuckDB skip row groups of the table by their min/max, so a
+    key check touches the table's recent row groups instead of all of it."""
+    cols = ", ".join(f"min({quote(k)}), max({quote(k)})" for k in keys)
+    row = wh.fetchone(f"SELECT {cols} FROM {BATCH_NAME}", action="reading key bounds")
+    clauses, params = [], []
+    for i, k in enumerate(keys):
+        low, high = (row[2 * i], row[2 * i + 1]) if row else (None, None)
+        if low is None or high is None:
+            continue
+        clauses.append(f"{alias}.{quote(k)} BETWEEN ? AND ?")
+        params += [low, high]
+    return (" AND ".join(clauses) or "TRUE"), params
+
+
 def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: bool,
                        several_runs: bool) -> list[int]:
     """``append`` with a primary key: batch rows whose key is already in the table or in an
     earlier run of the batch. Returns batch row positions."""
     keys = contract.primary_key
-    parts = []
+    parts, params = [], []
     if table_exists:
         join = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
-        parts.append(f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b WHERE EXISTS "
-                     f"(SELECT 1 FROM {quote(contract.name)} t WHERE {join})")
-    if several_runs:
+        bounds, params = key_range(wh, keys, "t")
+        parts.append(f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b SEMI JOIN "
+                     f"(SELECT * FROM {quote(contract.name)} t WHERE {bounds}) t ON {join}")
+    if several_runs and not keys_unique(wh, keys):
         key_list = ", ".join(quote(k) for k in keys)
         parts.append(f"SELECT {ROW_COLUMN} FROM (SELECT {ROW_COLUMN}, {SEQ_COLUMN}, "
                      f"min({SEQ_COLUMN}) OVER (PARTITION BY {key_list}) AS first_seq "
                      f"FROM {BATCH_NAME}) WHERE {SEQ_COLUMN} > first_seq")
     if not parts:
         return []
-    rows = wh.fetchall(" UNION ".join(parts), action=f"checking keys of {contract.name}")
+    rows = wh.fetchall(" UNION ".join(parts), params if table_exists else None,
+                       action=f"checking keys of {contract.name}")
     return sorted(r[0] for r in rows)
+
+
+def keys_unique(wh: Warehouse, keys: tuple[str, ...]) -> bool:
+    """True when no key repeats within the registered batch (skips the window dedupe)."""
+    key = quote(keys[0]) if len(keys) == 1 else "(" + ", ".join(quote(k) for k in keys) + ")"
+    row = wh.fetchone(f"SELECT count(*) = count(DISTINCT {key}) FROM {BATCH_NAME}",
+                      action="checking keys of the batch")
+    return bool(row and row[0])
 
 
 def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[str, str]],
@@ -191,13 +217,14 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
     qualify = ""
     if contract.merge == "upsert":
         key_list = ", ".join(quote(k) for k in keys)
-        if has_duplicates or several_runs:
+        if has_duplicates or (several_runs and not keys_unique(wh, keys)):
             # Latest wins: the last row of a key in the batch (runs are in load order).
             qualify = (f" QUALIFY row_number() OVER (PARTITION BY {key_list} "
                        f"ORDER BY {ROW_COLUMN} DESC) = 1")
         join = " AND ".join(f"{table}.{quote(k)} = {BATCH_NAME}.{quote(k)}" for k in keys)
-        row = wh.fetchone(f"DELETE FROM {table} USING {BATCH_NAME} WHERE {join}",
-                          action=f"upserting into {contract.name}")
+        bounds, params = key_range(wh, keys, table)
+        row = wh.fetchone(f"DELETE FROM {table} USING {BATCH_NAME} WHERE {join} AND {bounds}",
+                          params, action=f"upserting into {contract.name}")
         stats.rows_updated = int(row[0]) if row else 0
     elif contract.merge == "replace_partition":
         row = wh.fetchone(

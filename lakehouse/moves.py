@@ -32,7 +32,7 @@ def archive_run(paths: LakePaths, table: str, run_id: str, *, retention_days: in
     if not src.exists():
         return None
     if retention_days <= 0:
-        delete_run_folder(paths, src)
+        delete_run_folder(paths, src, sync=sync)
         return None
     dst = _free_name(paths.archived_run(table, run_id))
     rename_durably(src, dst, sync=sync)
@@ -84,13 +84,15 @@ def quarantine_rejected_rows(paths: LakePaths, table: str, run_id: str, reason: 
     return dst
 
 
-def delete_run_folder(paths: LakePaths, folder: Path) -> None:
-    """Rename a folder into the trash, then delete it (a kill mid-delete leaves only trash)."""
+def delete_run_folder(paths: LakePaths, folder: Path, *, sync: bool = True) -> None:
+    """Rename a folder into the trash, then delete it (a kill mid-delete leaves only trash).
+
+    ``sync=False``: the caller fsyncs the source folder once for many deletes.
+    """
     paths.trash.mkdir(parents=True, exist_ok=True)
     target = paths.trash / f"{folder.parent.name}--{folder.name}--{uuid.uuid4().hex[:8]}"
-    rename_durably(folder, target)
+    rename_durably(folder, target, sync=sync)
     shutil.rmtree(target, ignore_errors=True)
-    fsync_dir(paths.trash)
 
 
 def empty_trash(paths: LakePaths) -> int:

@@ -18,6 +18,9 @@ import json
 import os
 import signal
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -138,13 +141,12 @@ class _Loader:
         self.keys_seen, self.sums_seen = self._prefetch_ledger(table, refs)
         settings = self.config.settings
         batch = Batch()
-        for ref in refs:
+        for ref, verified_or_error in _verify_ahead(refs, self.config):
             self.options.stop.raise_if_set()  # a safe point: nothing of this batch committed
-            try:
-                verified = verify_run(ref, self.config)
-            except RunRejectedError as exc:
-                batch.rejected.append((ref, exc, peek_manifest(ref), None))
+            if isinstance(verified_or_error, RunRejectedError):
+                batch.rejected.append((ref, verified_or_error, peek_manifest(ref), None))
                 continue
+            verified = verified_or_error
             self.crash("after_verify")
             if batch.candidates and (
                     batch.schema != verified.data.schema
@@ -628,6 +630,35 @@ def _dry_run(config: LakeConfig, refs: list[RunRef], report: LoadReport) -> None
             report.runs.append(RunOutcome(ref.table, ref.run_id, "would_quarantine",
                                           rows_rejected=len(outcome.invalid_rows),
                                           reason_code=violation.code, message=violation.problem))
+
+
+_VERIFY_THREADS = max(2, min(8, os.cpu_count() or 2))
+
+
+def _verify_ahead(refs: list[RunRef], config: LakeConfig
+                  ) -> Iterator[tuple[RunRef, VerifiedRun | RunRejectedError]]:
+    """Verify runs on a few threads, yielding them in order, at most a few runs ahead.
+
+    Hashing and Parquet decoding release the GIL, so small runs verify in parallel; the
+    look-ahead is bounded so the backlog is never held in memory.
+    """
+    def verify(ref: RunRef) -> VerifiedRun | RunRejectedError:
+        try:
+            return verify_run(ref, config)
+        except RunRejectedError as exc:
+            return exc
+
+    ahead = _VERIFY_THREADS * 4
+    with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
+        pending: deque[tuple[RunRef, Future[VerifiedRun | RunRejectedError]]] = deque()
+        for ref in refs:
+            pending.append((ref, pool.submit(verify, ref)))
+            if len(pending) >= ahead:
+                done_ref, future = pending.popleft()
+                yield done_ref, future.result()
+        while pending:
+            done_ref, future = pending.popleft()
+            yield done_ref, future.result()
 
 
 def _with_repeat_warning(outcome: ValidationOutcome, candidate: Candidate,

@@ -1,0 +1,328 @@
+"""`make bench`: Lake against raw DuckDB (the floor) and dlt, in the same run.
+
+Every measured action runs in a fresh process (``benchmarks/worker.py``) on a fresh copy of
+its fixture; the table gives the median of ``--repeat`` runs, rows/s, the peak RSS and the
+ratio to the baseline measured in this run. Results replace the section between the markers
+in ``docs/BENCHMARKS.md``.
+
+    python -m benchmarks.bench --size small            # under a minute, a smoke test
+    python -m benchmarks.bench --size full --repeat 3  # the figures in docs/BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MARK_START = "<!-- bench:start -->"
+MARK_END = "<!-- bench:end -->"
+
+SIZES: dict[str, dict[str, int]] = {
+    # runs x rows per case
+    "small": {"producer_runs": 20, "producer_rows": 50_000, "load_runs": 20,
+              "load_rows": 25_000, "small_runs": 1_000, "small_rows": 100,
+              "memory_runs": 10, "memory_rows": 200_000, "churn_loads": 8,
+              "churn_rows": 50_000},
+    "full": {"producer_runs": 100, "producer_rows": 50_000, "load_runs": 100,
+             "load_rows": 50_000, "small_runs": 10_000, "small_rows": 100,
+             "memory_runs": 100, "memory_rows": 200_000, "churn_loads": 20,
+             "churn_rows": 200_000},
+}
+
+
+@dataclass
+class Result:
+    """One row of the table: an action's runs, and its baseline's label."""
+
+    case: str
+    label: str
+    rows: int
+    seconds: list[float] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    baseline: str | None = None
+    target: str = ""
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+class Bench:
+    """Fixtures, workers and results of one benchmark run."""
+
+    def __init__(self, size: str, repeat: int, workdir: Path, skip_dlt: bool) -> None:
+        self.p = SIZES[size]
+        self.size, self.repeat, self.work, self.skip_dlt = size, repeat, workdir, skip_dlt
+        self.results: list[Result] = []
+        self.counter = 0
+
+    # -- plumbing -------------------------------------------------------------------------
+    def fresh(self, name: str) -> Path:
+        self.counter += 1
+        return self.work / f"{self.counter:03d}-{name}"
+
+    def worker(self, action: str, *args: Any) -> dict[str, float]:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        out = subprocess.run([sys.executable, "-m", "benchmarks.worker", action,
+                              *map(str, args)], capture_output=True, text=True, env=env,
+                             cwd=str(REPO))
+        if out.returncode != 0:
+            raise SystemExit(f"worker {action} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def measure(self, result: Result, action: str, prepare: Callable[[], list[Any]]) -> Result:
+        for _ in range(self.repeat):
+            measured = self.worker(action, *prepare())
+            result.seconds.append(measured["seconds"])
+            result.rss.append(measured["rss_mib"])
+        self.results.append(result)
+        print(f"  {result.case:14} {result.label:38} median {result.median:8.3f}s  "
+              f"rss {max(result.rss):7.0f} MiB", flush=True)
+        return result
+
+    def template(self, name: str, merge: str, batches: list[tuple[int, int, int]],
+                 load_first: list[tuple[int, int, int]] | None = None) -> Path:
+        """A lake root with staged runs (start, rows, seed); optionally some loaded first."""
+        sys.path.insert(0, str(REPO))
+        from benchmarks.data import events, write_root
+        from lakehouse.config import load_config
+        from lakehouse.root import init_lake
+        from loader.load import LoadOptions, load_pending
+        from staging import stage
+
+        root = self.fresh(name)
+        write_root(root, merge)
+        init_lake(root)
+        if load_first:
+            for start, rows, seed in load_first:
+                stage(root, "events", events(start, rows, seed), producer="seed")
+            load_pending(load_config(root), LoadOptions())
+        for start, rows, seed in batches:
+            stage(root, "events", events(start, rows, seed), producer="bench")
+        return root
+
+    def copy(self, root: Path, name: str) -> Path:
+        target = self.fresh(name)
+        shutil.copytree(root, target, symlinks=True)
+        return target
+
+    def file_list(self, root: Path, name: str) -> Path:
+        files = sorted(str(p) for p in (root / "staging" / "events").glob("*/*.parquet"))
+        target = self.work / f"{name}.json"
+        target.write_text(json.dumps(files))
+        return target
+
+    def keep_files(self, root: Path, name: str) -> Path:
+        """Copy a root's staged files aside (loads with retention 0 delete them)."""
+        folder = self.work / name
+        shutil.copytree(root / "staging" / "events", folder)
+        files = sorted(str(p) for p in folder.glob("*/*.parquet"))
+        target = self.work / f"{name}.json"
+        target.write_text(json.dumps(files))
+        return target
+
+    # -- cases ----------------------------------------------------------------------------
+    def producer(self) -> None:
+        runs, rows = self.p["producer_runs"], self.p["producer_rows"]
+        base = self.measure(Result("1 producer", "pyarrow write_table", runs * rows),
+                            "stage_plain", lambda: [self.fresh("plain"), runs, rows])
+        self.measure(Result("1 producer", "stage_run (fsync, manifest)", runs * rows,
+                            baseline=base.label, target="<= 1.15x"),
+                     "stage_lake", lambda: [self.fresh("stage"), runs, rows])
+
+    def loads(self) -> None:
+        runs, rows = self.p["load_runs"], self.p["load_rows"]
+        total = runs * rows
+        batches = [(i * rows, rows, i) for i in range(runs)]
+        append = self.template("append", "append", batches)
+        files = self.keep_files(append, "append-files")
+        raw = self.measure(Result("2 append", "raw INSERT ... read_parquet", total),
+                           "raw_insert", lambda: [self.fresh("raw") / "raw.duckdb", files])
+        self.last_append = self.copy(append, "append-run")
+        self.measure(Result("2 append", "lake load (validated append)", total,
+                            baseline=raw.label, target="<= 2.0x"),
+                     "lake_load", lambda: [self._fresh_copy(append, "append-run")])
+        seed_rows = int(total * 0.3)
+        seed_batches = [(i * (seed_rows // 10), seed_rows // 10, 10_000 + i) for i in range(10)]
+        upsert = self.template("upsert", "upsert", batches, load_first=seed_batches)
+        seed = self.template("seed", "upsert", seed_batches)
+        seed_files = self.keep_files(seed, "seed-files")
+        raw_up = self.measure(Result("3 upsert", "raw INSERT ... ON CONFLICT", total),
+                              "raw_upsert",
+                              lambda: [self.fresh("rawup") / "raw.duckdb", files, seed_files])
+        lake_up = self.measure(Result("3 upsert", "lake load (validated upsert, 30% exist)",
+                                      total, baseline=raw_up.label, target="<= 2.0x"),
+                               "lake_load", lambda: [self._fresh_copy(upsert, "upsert-run")])
+        if self.skip_dlt:
+            return
+        try:
+            import dlt  # noqa: F401
+        except ImportError:
+            print("  dlt not installed (pip install -e .[bench]): skipping the peer case")
+            return
+        self.measure(Result("8 dlt", "dlt append (parquet)", total, baseline=None),
+                     "dlt_load", lambda: [self.fresh("dlt"), files, "append"])
+        dlt_merge = Result("8 dlt", "dlt merge on id (30% exist)", total)
+        self.measure(dlt_merge, "dlt_load", lambda: [self.fresh("dltm"), files, "merge",
+                                                     seed_files])
+        dlt_merge.note = (f"Lake's validated upsert is {dlt_merge.median / lake_up.median:.1f}x "
+                          "faster (target >= 5x)")
+
+    def _fresh_copy(self, root: Path, name: str) -> Path:
+        copy = self.copy(root, name)
+        self.last_copy = copy
+        return copy
+
+    def many_small(self) -> None:
+        runs, rows = self.p["small_runs"], self.p["small_rows"]
+        first = self.template("small", "append", [(i * rows, rows, i) for i in range(runs)])
+        second = self.template("small2", "append",
+                               [((runs + i) * rows, rows, runs + i) for i in range(runs)])
+        files = self.keep_files(first, "small-files")
+        raw = self.measure(Result("4 small runs", f"raw read of {runs} files", runs * rows),
+                           "raw_insert", lambda: [self.fresh("rawsmall") / "raw.duckdb", files])
+        first_load = self.measure(
+            Result("4 small runs", f"lake load, first {runs} runs", runs * rows,
+                   baseline=raw.label, target="<= 3x"),
+            "lake_load", lambda: [self._fresh_copy(first, "small-run")])
+
+        def with_second_batch() -> list[Any]:
+            root = self._fresh_copy(first, "small-2nd")
+            self.worker("lake_load", root)  # the first runs, untimed here
+            for run in (second / "staging" / "events").iterdir():
+                shutil.copytree(run, root / "staging" / "events" / run.name)
+            return [root]
+
+        again = self.measure(Result("4 small runs", f"lake load, next {runs} runs (after "
+                                    f"{runs} loaded)", runs * rows, baseline=first_load.label,
+                                    target="~1.0x (no growth)"), "lake_load", with_second_batch)
+        again.note = "ratio to the first load: per-run cost must not grow with the ledger"
+
+    def memory(self) -> None:
+        runs, rows = self.p["memory_runs"], self.p["memory_rows"]
+        root = self.template("memory", "append", [(i * rows, rows, i) for i in range(runs)])
+        result = Result("5 memory", f"lake load of {runs * rows:,} rows", runs * rows,
+                        target="peak RSS < 2048 MiB")
+        saved, self.repeat = self.repeat, 1
+        self.measure(result, "lake_load", lambda: [self._fresh_copy(root, "memory-run")])
+        self.repeat = saved
+        self.memory_root = self.last_copy
+        result.note = f"peak RSS {max(result.rss):.0f} MiB"
+
+    def compaction(self) -> None:
+        loads, rows = self.p["churn_loads"], self.p["churn_rows"]
+        sys.path.insert(0, str(REPO))
+        from benchmarks.data import events
+        from lakehouse.config import load_config
+        from loader.load import LoadOptions, load_pending
+        from staging import stage
+
+        root = self.template("churn", "upsert", [])
+        for i in range(loads):  # the same keys upserted again and again
+            stage(root, "events", events(0, rows, 500 + i), producer="churn")
+            load_pending(load_config(root), LoadOptions())
+        before = (root / "warehouse" / "lake.duckdb").stat().st_size
+        result = Result("6 compaction", f"compact after {loads} upserts of {rows:,} keys", rows)
+        self.measure(result, "compact", lambda: [self._fresh_copy(root, "churn-run")])
+        after = (self.last_copy / "warehouse" / "lake.duckdb").stat().st_size
+        gib = before / 2**30
+        result.note = (f"file {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
+                       f"({100 * (1 - after / before):.0f}% smaller); "
+                       f"{result.median / gib:.1f} s per GiB compacted")
+
+    def publish(self) -> None:
+        for name, root in (("append", getattr(self, "last_copy", None)),
+                           ("memory", getattr(self, "memory_root", None))):
+            if root is None:
+                continue
+            size = (root / "warehouse" / "lake.duckdb").stat().st_size
+            result = Result("7 publish", f"publish snapshot ({name} case warehouse)", 0)
+            self.measure(result, "publish", lambda r=root: [r])
+            result.note = (f"{size / 2**20:.0f} MiB in {result.median:.2f} s "
+                           f"({size / 2**20 / result.median:.0f} MiB/s)")
+
+
+def render(bench: Bench, seconds: float) -> str:
+    """The markdown section written into docs/BENCHMARKS.md."""
+    by_label = {r.label: r for r in bench.results}
+    lines = [
+        MARK_START,
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, size `{bench.size}`, median of "
+        f"{bench.repeat} runs, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"total {seconds:.0f} s. Each action ran in a fresh process on a fresh copy of its "
+        "fixture.",
+        "",
+        "| case | action | rows | median s | rows/s | peak RSS MiB | ratio to baseline "
+        "| target | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for r in bench.results:
+        ratio = ""
+        if r.baseline and r.baseline in by_label:
+            ratio = f"{r.median / by_label[r.baseline].median:.2f}x ({r.baseline})"
+        rate = f"{r.rows / r.median:,.0f}" if r.rows else ""
+        lines.append(f"| {r.case} | {r.label} | {r.rows:,} | {r.median:.3f} | {rate} | "
+                     f"{max(r.rss):.0f} | {ratio} | {r.target} | {r.note} |")
+    lines.append(MARK_END)
+    return "\n".join(lines)
+
+
+def write_doc(section: str, path: Path) -> None:
+    """Replace the marked section of the benchmarks doc (or append it)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        tail = rest.split(MARK_END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the cases and write the table."""
+    parser = argparse.ArgumentParser(description="Lake benchmarks")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per action (default: 1 small, 3 full)")
+    parser.add_argument("--cases", default="producer,loads,many_small,memory,compaction,publish")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="do not touch the doc")
+    parser.add_argument("--skip-dlt", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (1 if args.size == "small" else 3)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lake-bench-"))
+    started = time.monotonic()
+    bench = Bench(args.size, repeat, work, args.skip_dlt)
+    try:
+        for case in args.cases.split(","):
+            print(f"case {case}", flush=True)
+            getattr(bench, case)()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    section = render(bench, time.monotonic() - started)
+    print(section)
+    if not args.no_write:
+        write_doc(section, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

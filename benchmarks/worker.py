@@ -1,0 +1,172 @@
+"""One measured action, in a fresh process: prints ``{"seconds": .., "rss_mib": ..}``.
+
+Run by ``benchmarks/bench.py``; every action of a case (Lake's and its baseline) runs the same
+way, so the ratios compare like with like. Setup (creating tables, seeding) is not timed.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _rss_mib() -> float:
+    """Peak RSS of this process since its exec (VmHWM; ru_maxrss can carry the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage_lake(root: str, runs: int, rows: int) -> float:
+    """Stage ``runs`` one-file runs of ``rows`` rows with the producer API."""
+    from benchmarks.data import events
+    from staging import stage_run
+
+    tables = [events(i * rows, rows, i) for i in range(runs)]
+    start = time.perf_counter()
+    for table in tables:
+        with stage_run(root, "events", producer="bench") as run:
+            run.write(table)
+    return time.perf_counter() - start
+
+
+def stage_plain(folder: str, runs: int, rows: int) -> float:
+    """The baseline: plain ``pyarrow.parquet.write_table`` of the same tables."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.data import events
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tables = [events(i * rows, rows, i) for i in range(runs)]
+    start = time.perf_counter()
+    for i, table in enumerate(tables):
+        pq.write_table(table, f"{folder}/part-{i:05d}.parquet")
+    return time.perf_counter() - start
+
+
+def lake_load(root: str) -> float:
+    """Time one `lake load` of everything staged under ``root``."""
+    from lakehouse.config import load_config
+    from loader.load import LoadOptions, load_pending
+
+    from lakehouse.contracts import SchemaRegistry
+
+    config = load_config(root)
+    SchemaRegistry(config).load_all()  # imports pandera/polars before the clock starts
+    start = time.perf_counter()
+    report = load_pending(config, LoadOptions())
+    seconds = time.perf_counter() - start
+    if report.rejected or report.count("loaded") == 0:
+        raise SystemExit(f"benchmark load rejected runs or loaded nothing: {report.as_dict()}")
+    return seconds
+
+
+def _files(list_file: str) -> list[str]:
+    return json.loads(Path(list_file).read_text())
+
+
+def raw_insert(db: str, files: str) -> float:
+    """The floor: DuckDB's own INSERT ... SELECT FROM read_parquet of the same files."""
+    import duckdb
+
+    paths = _files(files)
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(db)
+    con.execute("CREATE TABLE events AS SELECT * FROM read_parquet(?) LIMIT 0", [paths[:1]])
+    start = time.perf_counter()
+    con.execute("INSERT INTO events SELECT * FROM read_parquet(?)", [paths])
+    con.execute("CHECKPOINT")
+    seconds = time.perf_counter() - start
+    con.close()
+    return seconds
+
+
+def raw_upsert(db: str, files: str, seed: str) -> float:
+    """The upsert floor: INSERT ... ON CONFLICT DO UPDATE into a keyed table."""
+    import duckdb
+
+    paths, seed_paths = _files(files), _files(seed)
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(db)
+    con.execute("CREATE TABLE events (id BIGINT PRIMARY KEY, ts TIMESTAMP, value DOUBLE, "
+                "kind VARCHAR, note VARCHAR)")
+    con.execute("INSERT INTO events SELECT * FROM read_parquet(?)", [seed_paths])
+    con.execute("CHECKPOINT")
+    start = time.perf_counter()
+    con.execute("INSERT INTO events SELECT * FROM read_parquet(?) ON CONFLICT (id) DO UPDATE "
+                "SET ts = excluded.ts, value = excluded.value, kind = excluded.kind, "
+                "note = excluded.note", [paths])
+    con.execute("CHECKPOINT")
+    seconds = time.perf_counter() - start
+    con.close()
+    return seconds
+
+
+def dlt_load(workdir: str, files: str, disposition: str, seed: str = "") -> float:
+    """dlt loading the same Parquet files into a DuckDB file (append or merge on id)."""
+    import os
+
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    import dlt
+    import pyarrow.parquet as pq
+
+    def tables(paths: list[str]) -> Any:
+        for p in paths:
+            yield pq.read_table(p)
+
+    pipeline = dlt.pipeline(pipeline_name="bench", pipelines_dir=f"{workdir}/pipelines",
+                            destination=dlt.destinations.duckdb(f"{workdir}/dlt.duckdb"),
+                            dataset_name="bench")
+    kwargs: dict[str, Any] = {"table_name": "events", "write_disposition": disposition,
+                              "loader_file_format": "parquet"}
+    if disposition == "merge":
+        kwargs["primary_key"] = "id"
+    if seed:
+        pipeline.run(tables(_files(seed)), **kwargs)
+    start = time.perf_counter()
+    pipeline.run(tables(_files(files)), **kwargs)
+    return time.perf_counter() - start
+
+
+def compact(root: str) -> float:
+    """Time `lake compact` of a root."""
+    from lakehouse.compaction import compact_warehouse
+    from lakehouse.config import load_config
+
+    config = load_config(root)
+    start = time.perf_counter()
+    compact_warehouse(config)
+    return time.perf_counter() - start
+
+
+def publish(root: str) -> float:
+    """Time publishing the read snapshot of a root."""
+    from lakehouse.layout import LakePaths
+    from lakehouse.publish import publish_snapshot
+
+    return publish_snapshot(LakePaths.at(root)).seconds
+
+
+ACTIONS = {f.__name__: f for f in (stage_lake, stage_plain, lake_load, raw_insert, raw_upsert,
+                                   dlt_load, compact, publish)}
+
+
+def main() -> None:
+    """``python -m benchmarks.worker ACTION ARG...``"""
+    action, args = sys.argv[1], sys.argv[2:]
+    function: Any = ACTIONS[action]
+    converted = [int(a) if a.isdigit() else a for a in args]
+    seconds = function(*converted)
+    print(json.dumps({"seconds": seconds, "rss_mib": round(_rss_mib(), 1)}))
+
+
+if __name__ == "__main__":
+    main()
