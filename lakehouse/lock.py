@@ -44,7 +44,7 @@ class WarehouseLock:
         try:
             self._lock.acquire(timeout=self.timeout, poll_interval=0.05)
         except filelock.Timeout:
-            raise LockHeldError(str(self.paths.lock), read_holder(self.paths),
+            raise LockHeldError(str(self.paths.lock), wait_for_holder(self.paths),
                                 waited=time.monotonic() - started) from None
         self.held = True
         info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -69,6 +69,36 @@ class WarehouseLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+def wait_for_holder(paths: LakePaths, patience: float = 1.0) -> dict[str, Any] | None:
+    """The holder note of a live process, waiting briefly for one to appear.
+
+    The holder writes its note just after taking the lock and removes it just before
+    releasing it, so a loser that looks in either gap (or finds a note left by a killed
+    holder) tries again for up to ``patience`` seconds before giving up on naming it.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        holder = read_holder(paths)
+        if holder is not None and (holder.get("host") != socket.gethostname()
+                                   or _alive(holder.get("pid"))):
+            return holder  # a pid on another host cannot be checked from here
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def read_holder(paths: LakePaths) -> dict[str, Any] | None:
