@@ -114,9 +114,21 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def lock_timeout_option(f: Any) -> Any:
+    """--lock-timeout S: how long a writing command waits for a busy warehouse."""
+    return click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0,
+                        show_default=True,
+                        help="Seconds to wait for a busy warehouse before exiting 75.")(f)
+
+
+def json_option(help_text: str) -> Any:
+    """--json: print the command's result as JSON."""
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
 # -- init ---------------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_option("Print the result as JSON.")
 @click.pass_obj
 def init(obj: LakeContext, as_json: bool) -> None:
     """Create the root layout, a starter lake.toml and the warehouse schema (idempotent)."""
@@ -140,10 +152,9 @@ def init(obj: LakeContext, as_json: bool) -> None:
 @cli.command()
 @click.option("--table", "-t", help="Load only this table.")
 @click.option("--max-runs", type=click.IntRange(min=1), help="Load at most N runs (oldest first).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds to wait for a busy warehouse before exiting 75.")
+@lock_timeout_option
 @click.option("--dry-run", is_flag=True, help="Verify and validate; write and move nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 @click.pass_obj
 def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout: float,
          dry_run: bool, as_json: bool) -> None:
@@ -247,7 +258,7 @@ def _print_load(report: Any) -> None:
 
 # -- health -------------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 @click.pass_obj
 def health(obj: LakeContext, as_json: bool) -> None:
     """Latest run per job, failures in 7 days, freshness, failing checks (read-only)."""
@@ -287,7 +298,7 @@ def _read_snapshot(root: Path) -> Iterator[Any]:
 
 # -- audit --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the payload as JSON.")
+@json_option("Print the payload as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the JSON payload to this file (atomically).")
 @click.option("--strict", is_flag=True, help="Exit 3 when a problem of severity error is found.")
@@ -295,7 +306,6 @@ def _read_snapshot(root: Path) -> Iterator[Any]:
 def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> None:
     """Health of files, tables, partitions, staging, quarantine and ledger (read-only, no lock)."""
     from lakehouse.audit import audit_lake
-
     from lakehouse.fsio import atomic_write_bytes
 
     with errors_to_exit():
@@ -316,16 +326,14 @@ def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> No
 @click.option("--dry-run", is_flag=True, help="Report the expected gain; change nothing.")
 @click.option("--keep-backups", type=click.IntRange(min=0), default=3, show_default=True,
               help="Timestamped backups to keep in warehouse/backups/.")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds to wait for a busy warehouse before exiting 75.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@lock_timeout_option
+@json_option("Print the report as JSON.")
 @click.pass_obj
 def compact(obj: LakeContext, dry_run: bool, keep_backups: int, lock_timeout: float,
             as_json: bool) -> None:
     """Rebuild the warehouse into a fresh file, verified, swapped atomically with a backup."""
     from lakehouse.compaction import compact_warehouse
-
-    from loader.load import StopFlag
+    from loader.report import StopFlag
 
     stop = StopFlag()
     with errors_to_exit(), _stop_on_signals(stop):
@@ -357,9 +365,8 @@ def _log_line(message: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @click.option("--grace-minutes", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Temp files younger than this are left alone (a writer may be busy).")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds to wait for a busy warehouse before exiting 75.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@lock_timeout_option
+@json_option("Print the report as JSON.")
 @click.pass_obj
 def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout: float,
             as_json: bool) -> None:
@@ -390,7 +397,7 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.option("--table", "-t", help="Only this table.")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@json_option("Print the list as JSON.")
 @click.pass_obj
 def quarantine_list(obj: LakeContext, table: str | None, as_json: bool) -> None:
     """List quarantined runs with their reasons, oldest first."""
@@ -413,8 +420,7 @@ def quarantine_list(obj: LakeContext, table: str | None, as_json: bool) -> None:
 @quarantine.command("replay")
 @click.argument("run")
 @click.option("--dry-run", is_flag=True, help="Say what would move; move nothing.")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds to wait for a busy warehouse before exiting 75.")
+@lock_timeout_option
 @click.pass_obj
 def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: float) -> None:
     """Move a quarantined run back to staging (after fixing the contract or the data)."""
