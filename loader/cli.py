@@ -168,12 +168,15 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
     stop = StopFlag()
     progress = _Progress(enabled=not as_json)
     options = LoadOptions(table=table, max_runs=max_runs, lock_timeout=lock_timeout,
-                          dry_run=dry_run, progress=progress, stop=stop,
+                          dry_run=dry_run, progress=progress, on_discover=progress.start,
+                          stop=stop,
                           crash_at=os.environ.get(CRASH_ENV) or None)
-    with errors_to_exit(), _stop_on_signals(stop):
-        config = obj.config()
-        report = load_pending(config, options)
-    progress.close()
+    try:
+        with errors_to_exit(), _stop_on_signals(stop):
+            config = obj.config()
+            report = load_pending(config, options)
+    finally:
+        progress.close()
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -183,32 +186,43 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
 
 
 class _Progress:
-    """A live counter on a terminal; plain log lines otherwise."""
+    """A progress bar on a terminal (stderr); plain log lines otherwise."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()
         self.counts: dict[str, int] = {}
         self.rows = 0
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if self.tty and total:
+            self.bar = click.progressbar(length=total, label="loading runs", file=sys.stderr,
+                                         item_show_func=self._describe)
+            self.bar.__enter__()
+
+    def _describe(self, _item: Any) -> str:
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        return f"{parts}; {self.rows:,} rows" if parts else ""
 
     def __call__(self, outcome: Any) -> None:
         if not self.enabled:
             return
         self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
         self.rows += outcome.rows_loaded
-        if self.tty:
-            parts = " · ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
-            click.echo(f"\r  {parts} · rows {self.rows:,}", err=True, nl=False)
-        elif outcome.status != "loaded":
+        if self.bar is not None:
+            self.bar.update(1, outcome)
+        elif not self.tty and outcome.status != "loaded":
             click.echo(f"{outcome.status} {outcome.table}/{outcome.run_id}"
                        + (f" [{outcome.reason_code}] {outcome.message}" if outcome.message else ""),
                        err=True)
-        elif self.counts["loaded"] % 500 == 0:
+        elif not self.tty and self.counts["loaded"] % 500 == 0:
             click.echo(f"loaded {self.counts['loaded']} runs, {self.rows:,} rows", err=True)
 
     def close(self) -> None:
-        if self.tty and self.counts:
-            click.echo("", err=True)
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 @contextmanager

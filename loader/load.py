@@ -549,6 +549,8 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         refs = discover_runs(paths, options.table)
         if options.max_runs is not None:
             refs = refs[: options.max_runs]
+        if options.on_discover:
+            options.on_discover(len(refs))
         if options.dry_run:
             _dry_run(config, refs, report)
             report.seconds = time.monotonic() - started

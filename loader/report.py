@@ -28,7 +28,8 @@ class LoadOptions:
     max_runs: int | None = None
     lock_timeout: float = 0.0
     dry_run: bool = False
-    progress: Callable[[RunOutcome], None] | None = None
+    progress: Callable[[RunOutcome], None] | None = None  # called once per run handled
+    on_discover: Callable[[int], None] | None = None  # called with the number of runs found
     stop: StopFlag = field(default_factory=StopFlag)
     crash_at: str | None = None  # testing only: SIGKILL this process at the named point
 

@@ -35,7 +35,7 @@ def events_table(producer: int, batch: int, rows: int = 500) -> pa.Table:
     kinds = [rng.choice(KINDS) for _ in ids]
     amount = [round(rng.uniform(1, 200), 2) if k == "purchase" else None for k in kinds]
     return pa.table({"event_id": ids, "ts": ts, "user_id": [i % 997 for i in ids],
-                     "kind": kinds, "amount": amount})
+                     "kind": kinds, "amount": pa.array(amount, pa.float64())})
 
 
 def readings_table(producer: int, batch: int, rows: int = 200, bad_rows: int = 0) -> pa.Table:

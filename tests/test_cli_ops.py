@@ -1,0 +1,68 @@
+"""The operations commands through the CLI: audit, compact, cleanup, quarantine list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+from click.testing import CliRunner
+from conftest import Lake
+
+from lakehouse.audit import AUDIT_KEYS
+from loader.cli import cli
+
+
+def invoke(lake: Lake, *args: str) -> object:
+    return CliRunner().invoke(cli, ["--root", str(lake.root), *args])
+
+
+def _load_some(lake: Lake) -> None:
+    lake.stage("plain", pa.table({"id": [1, 2, 3]}))
+    lake.stage("logs", pa.table({"id": [1, 1], "ts": pa.array([0, 0], pa.timestamp("us"))}))
+    lake.load()  # the logs run has a duplicate key: quarantined
+
+
+def test_audit_json_out_and_strict(lake: Lake, tmp_path: Path) -> None:
+    _load_some(lake)
+    out = tmp_path / "audit.json"
+    result = invoke(lake, "audit", "--json", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert set(payload) == set(AUDIT_KEYS)
+    assert json.loads(out.read_text()) == payload
+    assert payload["tables"]["plain"]["rows"] == 3
+    assert any(p["code"] == "quarantined_runs" for p in payload["problems"])
+    text = invoke(lake, "audit")
+    assert text.exit_code == 0 and "plain" in text.output
+    # An error-level problem makes --strict exit 3.
+    (lake.root / "warehouse" / "lake.read.duckdb").unlink()
+    strict = invoke(lake, "audit", "--strict", "--json")
+    assert strict.exit_code == 3
+    assert any(p["severity"] == "error" for p in json.loads(strict.output)["problems"])
+
+
+def test_compact_dry_run_then_compact(lake: Lake) -> None:
+    _load_some(lake)
+    before = (lake.root / "warehouse" / "lake.duckdb").read_bytes()
+    dry = invoke(lake, "compact", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output)["dry_run"] is True
+    assert (lake.root / "warehouse" / "lake.duckdb").read_bytes() == before
+    done = invoke(lake, "compact", "--keep-backups", "1")
+    assert done.exit_code == 0, done.output
+    assert "compacted" in done.output and "verified" in done.output
+    assert len(list((lake.root / "warehouse" / "backups").iterdir())) == 1
+    assert lake.rows("SELECT count(*) FROM plain") == [(3,)]
+
+
+def test_cleanup_and_quarantine_list_text(lake: Lake) -> None:
+    _load_some(lake)
+    cleaned = invoke(lake, "cleanup", "--dry-run")
+    assert cleaned.exit_code == 0
+    assert cleaned.output.startswith("cleanup: would remove 0 temp files")
+    listed = invoke(lake, "quarantine", "list")
+    assert listed.exit_code == 0
+    assert "logs" in listed.output and "contract_violation" in listed.output
+    empty = invoke(lake, "quarantine", "list", "--table", "plain")
+    assert empty.output.strip() == "quarantine is empty"
