@@ -153,10 +153,10 @@ class Bench:
         files = self.keep_files(append, "append-files")
         raw = self.measure(Result("2 append", "raw INSERT ... read_parquet", total),
                            "raw_insert", lambda: [self.fresh("raw") / "raw.duckdb", files])
-        self.last_append = self.copy(append, "append-run")
         self.measure(Result("2 append", "lake load (validated append)", total,
                             baseline=raw.label, target="<= 2.0x"),
                      "lake_load", lambda: [self._fresh_copy(append, "append-run")])
+        self.append_root = self.last_copy
         seed_rows = int(total * 0.3)
         seed_batches = [(i * (seed_rows // 10), seed_rows // 10, 10_000 + i) for i in range(10)]
         upsert = self.template("upsert", "upsert", batches, load_first=seed_batches)
@@ -246,7 +246,7 @@ class Bench:
                        f"{result.median / gib:.1f} s per GiB compacted")
 
     def publish(self) -> None:
-        for name, root in (("append", getattr(self, "last_copy", None)),
+        for name, root in (("append", getattr(self, "append_root", None)),
                            ("memory", getattr(self, "memory_root", None))):
             if root is None:
                 continue
