@@ -8,7 +8,7 @@ ROOT ?= data
 PYTEST_ARGS ?=
 SLOW_ITERATIONS ?= 5
 
-.PHONY: install demo test test-slow lint typecheck clean
+.PHONY: install demo test test-slow bench bench-smoke lint typecheck clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ test: install
 ## test-slow: the slow crash/soak tests, bounded by SLOW_ITERATIONS.
 test-slow: install
 	LAKE_SLOW_ITERATIONS=$(SLOW_ITERATIONS) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+## bench: benchmarks against raw DuckDB and dlt; writes docs/BENCHMARKS.md (several minutes).
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m benchmarks.bench --size full --repeat 3
+
+## bench-smoke: the small size, once, without touching the docs (under two minutes).
+bench-smoke: install
+	$(BIN)/python -m benchmarks.bench --size small --repeat 1 --no-write --skip-dlt
 
 lint: install
 	$(BIN)/ruff check lakehouse staging loader tests
