@@ -177,10 +177,12 @@ def check_runs(tables: list[pa.Table], contract: TableContract,
     on every part, so a passing group is a pass for each run. When the group fails, every run
     is validated on its own, so failures are exact and attributed to their run.
     """
+    # One hash of the whole group's keys answers "no duplicates" for every run at once.
+    group_unique = len(tables) > 1 and keys_unique(tables, contract.primary_key)
     outcomes = []
     for table in tables:
         outcome = ValidationOutcome()
-        _check_keys_and_partition(table, contract, outcome)
+        _check_keys_and_partition(table, contract, outcome, keys_known_unique=group_unique)
         outcomes.append(outcome)
     if resolved is None:
         return outcomes
@@ -196,7 +198,8 @@ def check_runs(tables: list[pa.Table], contract: TableContract,
 
 
 def _check_keys_and_partition(table: pa.Table, contract: TableContract,
-                              outcome: ValidationOutcome) -> None:
+                              outcome: ValidationOutcome, *, keys_known_unique: bool = False
+                              ) -> None:
     names = set(table.column_names)
     required = list(contract.primary_key)
     if contract.partition_by is not None:
@@ -213,7 +216,7 @@ def _check_keys_and_partition(table: pa.Table, contract: TableContract,
             rows = pc.indices_nonzero(pc.is_null(array)).to_pylist()
             for row in rows:
                 outcome.add(FailureRecord(check, column, None, row))
-    if contract.primary_key and table.num_rows:
+    if contract.primary_key and table.num_rows and not keys_known_unique:
         dupes = duplicate_key_rows(table, contract.primary_key)
         outcome.duplicate_keys = len(dupes)
         if dupes and contract.merge == "upsert":
@@ -226,6 +229,19 @@ def _check_keys_and_partition(table: pa.Table, contract: TableContract,
             for row in dupes:
                 outcome.add(FailureRecord("key_unique_in_run", ",".join(contract.primary_key),
                                           _key_text(table, contract.primary_key, row), row))
+
+
+def keys_unique(tables: list[pa.Table], key: tuple[str, ...]) -> bool:
+    """True when a single-column key never repeats across ``tables`` (False if unknown)."""
+    if len(key) != 1 or not all(key[0] in t.column_names for t in tables):
+        return False
+    try:
+        column = pa.chunked_array([c for t in tables for c in t.column(key[0]).chunks],
+                                  type=tables[0].schema.field(key[0]).type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False
+    total = sum(t.num_rows for t in tables)
+    return total > 0 and pc.count_distinct(column, mode="all").as_py() == total
 
 
 def duplicate_key_rows(table: pa.Table, key: tuple[str, ...]) -> list[int]:

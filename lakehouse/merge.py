@@ -181,7 +181,7 @@ def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: boo
         bounds, params = key_range(wh, keys, "t")
         parts.append(f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b SEMI JOIN "
                      f"(SELECT * FROM {quote(contract.name)} t WHERE {bounds}) t ON {join}")
-    if several_runs and not keys_unique(wh, keys):
+    if several_runs and not batch_keys_unique(wh, keys):
         key_list = ", ".join(quote(k) for k in keys)
         parts.append(f"SELECT {ROW_COLUMN} FROM (SELECT {ROW_COLUMN}, {SEQ_COLUMN}, "
                      f"min({SEQ_COLUMN}) OVER (PARTITION BY {key_list}) AS first_seq "
@@ -193,7 +193,7 @@ def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: boo
     return sorted(r[0] for r in rows)
 
 
-def keys_unique(wh: Warehouse, keys: tuple[str, ...]) -> bool:
+def batch_keys_unique(wh: Warehouse, keys: tuple[str, ...]) -> bool:
     """True when no key repeats within the registered batch (skips the window dedupe)."""
     key = quote(keys[0]) if len(keys) == 1 else "(" + ", ".join(quote(k) for k in keys) + ")"
     row = wh.fetchone(f"SELECT count(*) = count(DISTINCT {key}) FROM {BATCH_NAME}",
@@ -202,7 +202,8 @@ def keys_unique(wh: Warehouse, keys: tuple[str, ...]) -> bool:
 
 
 def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[str, str]],
-                partition_sql: str, *, several_runs: bool, has_duplicates: bool) -> MergeStats:
+                partition_sql: str, *, several_runs: bool, has_duplicates: bool,
+                keys_unique: bool = False) -> MergeStats:
     """Merge the registered batch into the table with the contract's strategy.
 
     Call inside the load transaction; the ledger rows of the batch's runs commit with it.
@@ -217,7 +218,7 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
     qualify = ""
     if contract.merge == "upsert":
         key_list = ", ".join(quote(k) for k in keys)
-        if has_duplicates or (several_runs and not keys_unique(wh, keys)):
+        if has_duplicates or (several_runs and not keys_unique and not batch_keys_unique(wh, keys)):
             # Latest wins: the last row of a key in the batch (runs are in load order).
             qualify = (f" QUALIFY row_number() OVER (PARTITION BY {key_list} "
                        f"ORDER BY {ROW_COLUMN} DESC) = 1")

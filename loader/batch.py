@@ -51,6 +51,7 @@ class Batch:
     skipped: list[tuple[RunRef, Manifest, str, str]] = field(default_factory=list)
     rows: int = 0
     bytes: int = 0
+    keys_unique: bool = False  # known: no key repeats within or across the accepted runs
 
     @property
     def empty(self) -> bool:

@@ -27,7 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse.config import LakeConfig, TableContract
-from lakehouse.contracts import SchemaRegistry, ValidationOutcome, check_run, check_runs
+from lakehouse.contracts import (
+    SchemaRegistry,
+    ValidationOutcome,
+    check_run,
+    check_runs,
+    keys_unique,
+)
 from lakehouse.db import Warehouse, open_warehouse, quote
 from lakehouse.errors import (
     ContractViolation,
@@ -99,6 +105,7 @@ class _Loader:
         self.schemas = SchemaRegistry(config)
         self.changed = False
         self.abort: LoadAbortedError | None = None
+        self._registered: tuple[pa.Table, ...] | None = None  # the runs registered now
         self.keys_seen: dict[str, str] = {}  # idempotency key -> run that loaded it
         self.sums_seen: dict[str, str] = {}  # file checksum -> run that loaded it
 
@@ -193,6 +200,8 @@ class _Loader:
                    if c is not None]
         outcomes = check_runs([c.data for c in planned], contract, resolved)
         if all(o.ok for o in outcomes):
+            batch.keys_unique = keys_unique([c.data for c in planned], contract.primary_key) \
+                if len(planned) > 1 else not any(o.duplicate_keys for o in outcomes)
             batch.accepted = [Accepted(c.verified, c.data, _with_repeat_warning(o, c, contract),
                                        skipped_files=c.skipped_files)
                               for c, o in zip(planned, outcomes, strict=True)]
@@ -342,11 +351,10 @@ class _Loader:
             if contract.merge != "append" or not contract.primary_key:
                 break
             rows = find_key_conflicts(self.wh, contract, bool(table_columns),
-                                      len(batch.accepted) > 1)
+                                      len(batch.accepted) > 1 and not batch.keys_unique)
             if not rows:
                 break
             self._reject_conflicts(contract, batch, rows)
-        self.wh.unregister(BATCH_NAME)
 
     def _reject_conflicts(self, contract: TableContract, batch: Batch, rows: list[int]) -> None:
         offsets, start = [], 0
@@ -388,12 +396,22 @@ class _Loader:
                 run.verified.manifest, run.verified.manifest_sha256))
         batch.accepted = keep
 
-    def _register(self, batch: Batch) -> pa.Table:
+    def _register(self, batch: Batch) -> None:
+        """Expose the accepted runs as one Arrow table (rebuilt only when they changed)."""
+        # Holding the tables themselves (not their ids) so a freed table's id can't be reused.
+        key = tuple(a.data for a in batch.accepted)
+        if self._registered is not None and len(self._registered) == len(key) and all(
+                x is y for x, y in zip(self._registered, key, strict=True)):
+            return
         data = build_batch([a.data for a in batch.accepted],
                            [a.verified.ref.run_id for a in batch.accepted])
         self.wh.unregister(BATCH_NAME)
         self.wh.register(BATCH_NAME, data)
-        return data
+        self._registered = key
+
+    def _unregister(self) -> None:
+        self.wh.unregister(BATCH_NAME)
+        self._registered = None
 
     def _commit(self, contract: TableContract | None, batch: Batch) -> None:
         now = utcnow()
@@ -427,9 +445,10 @@ class _Loader:
                 stats = merge_batch(
                     self.wh, contract, run_columns, partition_sql,
                     several_runs=len(batch.accepted) > 1,
-                    has_duplicates=any(a.outcome.duplicate_keys for a in batch.accepted))
+                    has_duplicates=any(a.outcome.duplicate_keys for a in batch.accepted),
+                    keys_unique=batch.keys_unique)
                 stats.created = created
-                self.wh.unregister(BATCH_NAME)
+                self._unregister()
             for run in batch.accepted:
                 v = run.verified
                 run_rows.append(ledger_row(v.ref, v.manifest, v.manifest_sha256, STATUS_LOADED,
