@@ -78,7 +78,7 @@ class HashingWriter:
         return self.digest.hexdigest()
 
 
-def atomic_write(path: str | Path, produce: Callable[[HashingWriter], None], *,
+def atomic_write(path: str | Path, produce: Callable[[HashingWriter], object], *,
                  fs: Any = None) -> tuple[int, str]:
     """Write a file atomically; return its size and sha256.
 
@@ -96,7 +96,7 @@ def atomic_write(path: str | Path, produce: Callable[[HashingWriter], None], *,
     return writer.size, writer.hexdigest()
 
 
-def _atomic_write_local(path: Path, produce: Callable[[HashingWriter], None]) -> tuple[int, str]:
+def _atomic_write_local(path: Path, produce: Callable[[HashingWriter], object]) -> tuple[int, str]:
     tmp = path.with_name(temp_name(path.name))
     try:
         with open(tmp, "xb") as raw:

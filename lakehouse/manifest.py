@@ -5,6 +5,7 @@ Light (standard library only): producers write it, the loader reads and verifies
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,7 @@ class Manifest:
     def bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> builtins.bytes:
         """Serialise deterministically (sorted keys) so its checksum is stable."""
         doc = {
             "format": MANIFEST_FORMAT,
@@ -70,7 +71,7 @@ class Manifest:
         return json.dumps(doc, sort_keys=True, indent=1).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
+    def from_json(cls, data: builtins.bytes) -> Manifest:
         """Parse and check the shape of a manifest.
 
         Raises:
@@ -95,7 +96,7 @@ class Manifest:
                 table=_str(doc["table"]), run_id=_str(doc["run_id"]),
                 producer=_str(doc["producer"]), created_at=_str(doc["created_at"]),
                 committed_at=_str(doc["committed_at"]), files=files, schema=schema, key=key,
-                extra=doc.get("extra") if isinstance(doc.get("extra"), dict) else {},
+                extra=dict(doc["extra"]) if isinstance(doc.get("extra"), dict) else {},
             )
         except (KeyError, TypeError) as exc:
             raise ManifestFormatError(

@@ -175,7 +175,8 @@ def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: boo
     """``append`` with a primary key: batch rows whose key is already in the table or in an
     earlier run of the batch. Returns batch row positions."""
     keys = contract.primary_key
-    parts, params = [], []
+    parts: list[str] = []
+    params: list[Any] = []
     if table_exists:
         join = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
         bounds, params = key_range(wh, keys, "t")

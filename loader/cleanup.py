@@ -144,7 +144,7 @@ def _abandoned_runs(config: LakeConfig, now: datetime,
     """Uncommitted run folders whose newest file is older than ``abandon_after_hours``."""
     paths = config.paths
     limit = timedelta(hours=config.settings.abandon_after_hours)
-    found = []
+    found: list[tuple[str, str, dict[str, Any]]] = []
     if not paths.staging.is_dir():
         return found
     for table_dir in sorted(paths.staging.iterdir()):
@@ -161,18 +161,18 @@ def _abandoned_runs(config: LakeConfig, now: datetime,
                 report.kept.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
                                                  f"uncommitted for {age}, below the limit"))
                 continue
-            note = {}
+            note: dict[str, Any] = {}
             marker = run_dir / ABANDONED_NAME
             if marker.exists():
                 try:
                     note = json.loads(marker.read_text())
                 except (OSError, ValueError):
                     note = {}
-            reason = {"code": "abandoned", "table": table_dir.name, "run_id": run_dir.name,
-                      "message": f"never committed (no manifest) and untouched for {age}; "
-                                 "the producer died or raised",
-                      "producer_error": note.get("error"), "failure_count": 0,
-                      "failure_sample": []}
+            reason: dict[str, Any] = {
+                "code": "abandoned", "table": table_dir.name, "run_id": run_dir.name,
+                "message": f"never committed (no manifest) and untouched for {age}; "
+                           "the producer died or raised",
+                "producer_error": note.get("error"), "failure_count": 0, "failure_sample": []}
             report.actions.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
                                                 f"uncommitted for {age}"))
             found.append((table_dir.name, run_dir.name, reason))

@@ -364,7 +364,8 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, lock_timeout: fl
         click.echo(f"dry run: warehouse {report.size_before / mib:,.1f} MiB; expected gain "
                    f"{report.expected_gain / mib:,.1f} MiB")
         return
-    click.echo(f"compacted {report.size_before / mib:,.1f} MiB -> {report.size_after / mib:,.1f}"
+    after = report.size_after or 0
+    click.echo(f"compacted {report.size_before / mib:,.1f} MiB -> {after / mib:,.1f}"
                f" MiB in {report.seconds:.1f}s; backup {report.backup}")
     for name, t in sorted(report.tables.items()):
         click.echo(f"  {name:24} {t['rows']:>12,} rows  verified")

@@ -233,7 +233,7 @@ class _Loader:
                                   f"{self.keys_seen[manifest.key]}"))
             return None
         repeats = [f for f in manifest.files if f.sha256 in self.sums_seen]
-        data, skipped_files = verified.data, []
+        data, skipped_files = verified.data, list[str]()
         if repeats and contract.merge == "append":
             # The same content was loaded before under another run: appending it again
             # would duplicate rows. Skip those files (the whole run if all are repeats).

@@ -62,7 +62,7 @@ class QuarantinedRun:
 def list_quarantine(config: LakeConfig, table: str | None = None) -> list[QuarantinedRun]:
     """Every quarantined run or row set, oldest first (read-only, no lock)."""
     paths = config.paths
-    found = []
+    found: list[QuarantinedRun] = []
     if not paths.quarantine.is_dir():
         return found
     for table_dir in sorted(paths.quarantine.iterdir()):
