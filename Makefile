@@ -44,7 +44,7 @@ bench-smoke: install
 	$(BIN)/python -m benchmarks.bench --size small --repeat 1 --no-write --skip-dlt
 
 lint: install
-	$(BIN)/ruff check lakehouse staging loader tests
+	$(BIN)/ruff check lakehouse staging loader tests benchmarks
 
 typecheck: install
 	$(BIN)/mypy lakehouse staging loader

@@ -55,9 +55,8 @@ def stage_plain(folder: str, runs: int, rows: int) -> float:
 def lake_load(root: str) -> float:
     """Time one `lake load` of everything staged under ``root``."""
     from lakehouse.config import load_config
-    from loader.load import LoadOptions, load_pending
-
     from lakehouse.contracts import SchemaRegistry
+    from loader.load import LoadOptions, load_pending
 
     config = load_config(root)
     SchemaRegistry(config).load_all()  # imports pandera/polars before the clock starts

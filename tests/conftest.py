@@ -147,7 +147,7 @@ class Lake:
             cur = con.execute(
                 f'SELECT * EXCLUDE (_lake_run_id) FROM "{table}" ORDER BY {order_by}')
             cols = [d[0] for d in cur.description]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         finally:
             con.close()
 
