@@ -276,19 +276,21 @@ class _Audit:
         by_status = dict(wh.fetchall("SELECT status, count(*) FROM meta.staged_runs "
                                      "GROUP BY 1 ORDER BY 1"))
         newest = (wh.fetchone("SELECT max(recorded_at) FROM meta.staged_runs") or (None,))[0]
-        entries = ledger_entries(wh, [r.run_id for r in staged])
-        unfinished = [{"table": r.table, "run_id": r.run_id, "status": entries[r.run_id].status,
-                       "path": self.rel(r.path)} for r in staged if r.run_id in entries]
+        entries = ledger_entries(wh, [(r.table, r.run_id) for r in staged])
+        unfinished = [{"table": r.table, "run_id": r.run_id,
+                       "status": entries[(r.table, r.run_id)].status,
+                       "path": self.rel(r.path)} for r in staged
+                      if (r.table, r.run_id) in entries]
         for item in unfinished:
             self.problem("ledger_unfinished_move", f"the ledger says run {item['run_id']} was "
                          f"{item['status']}, but it is still in staging", "lake load", **item)
         archived = _run_folders(self.config.paths.archive)
-        known = ledger_entries(wh, sorted({run_id for _, run_id, _ in archived}))
+        known = ledger_entries(wh, sorted({(table, run_id) for table, run_id, _ in archived}))
         missing: list[dict[str, Any]] = []
         behind: list[dict[str, Any]] = []
         for table, run_id, path in archived:
             info = _stat(path)
-            if run_id in known or info is None:
+            if (table, run_id) in known or info is None:
                 continue
             item = {"table": table, "run_id": run_id, "path": self.rel(path)}
             # A rename sets ctime: a run moved into archive/ after the snapshot was copied is

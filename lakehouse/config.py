@@ -6,6 +6,7 @@ naming the table and key at fault (the CLI exits 2).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,8 +141,9 @@ def parse_config(doc: dict[str, Any], paths: LakePaths) -> LakeConfig:
             raise ConfigError(f"unknown key; expected one of {sorted(_LAKE_KEYS)}",
                               key=f"lake.{key}", path=where)
     settings = LakeSettings(
-        retention_days=_number(lake, "retention_days", 7, where, integer=True),
-        abandon_after_hours=float(_number(lake, "abandon_after_hours", 24.0, where)),
+        retention_days=_number(lake, "retention_days", 7, where, integer=True, high=36_500),
+        abandon_after_hours=float(_number(lake, "abandon_after_hours", 24.0, where,
+                                          high=24 * 36_500)),
         batch_max_rows=_number(lake, "batch_max_rows", 1_000_000, where, integer=True, low=1),
         batch_max_runs=_number(lake, "batch_max_runs", 2_000, where, integer=True, low=1),
         batch_max_bytes=_number(lake, "batch_max_bytes", 512 * 1024 * 1024, where,
@@ -228,12 +230,15 @@ def _parse_partition(table: str, value: Any, where: str) -> PartitionSpec | None
     return PartitionSpec(column=column, granularity=granularity)
 
 
+_HIGH = 2**40  # far beyond any sane setting, and safe for timedelta and SQL integers
+
+
 def _number(section: dict[str, Any], key: str, default: Any, where: str, *,
-            integer: bool = False, low: float = 0) -> Any:
+            integer: bool = False, low: float = 0, high: float = _HIGH) -> Any:
     value = section.get(key, default)
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value < low:
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or not low <= value <= high:
         kind = "whole number" if integer else "number"
-        raise ConfigError(f"must be a {kind} >= {low:g}, got {value!r}", key=f"lake.{key}",
-                          path=where)
+        raise ConfigError(f"must be a {kind} from {low:g} to {high:g}, got {value!r}",
+                          key=f"lake.{key}", path=where)
     return value

@@ -9,6 +9,7 @@ never retried automatically. ``LockHeldError`` is *transient*: nothing moved, re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,9 @@ class FailureRecord:
 
 
 def _jsonable(value: Any) -> Any:
+    """A value strict JSON can hold: NaN and infinities become text, objects their str()."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)

@@ -51,15 +51,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def ledger_entries(wh: Warehouse, run_ids: list[str]) -> dict[str, LedgerEntry]:
-    """Ledger rows of the given runs, by run id."""
-    if not run_ids:
+def ledger_entries(wh: Warehouse, runs: list[tuple[str, str]]
+                   ) -> dict[tuple[str, str], LedgerEntry]:
+    """Ledger rows of the given (table, run id) pairs, by that pair."""
+    if not runs:
         return {}
     rows = wh.fetchall(
         "SELECT run_id, table_name, status, reason_json, coalesce(rows_rejected, 0) "
-        "FROM meta.staged_runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [run_ids],
-        action="reading the ledger")
-    return {r[0]: LedgerEntry(r[0], r[1], r[2], r[3], int(r[4])) for r in rows}
+        "FROM meta.staged_runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+        [sorted({run_id for _, run_id in runs})], action="reading the ledger")
+    wanted = set(runs)
+    return {(r[1], r[0]): LedgerEntry(r[0], r[1], r[2], r[3], int(r[4])) for r in rows
+            if (r[1], r[0]) in wanted}
 
 
 def loaded_keys(wh: Warehouse, table: str, keys: list[str]) -> dict[str, str]:
@@ -108,7 +111,7 @@ def record_files(wh: Warehouse, rows: list[dict[str, Any]]) -> None:
     insert_rows(wh, "meta.staged_files", STAGED_FILES_SCHEMA, rows)
 
 
-def forget_run(wh: Warehouse, run_id: str) -> None:
+def forget_run(wh: Warehouse, table: str, run_id: str) -> None:
     """Drop a quarantined run's ledger row so a replayed run can be loaded again."""
-    wh.execute("DELETE FROM meta.staged_runs WHERE run_id = ? AND status = 'quarantined'",
-               [run_id], action="updating the ledger")
+    wh.execute("DELETE FROM meta.staged_runs WHERE table_name = ? AND run_id = ? AND "
+               "status = 'quarantined'", [table, run_id], action="updating the ledger")

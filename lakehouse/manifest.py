@@ -7,10 +7,21 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 MANIFEST_FORMAT = "lake.manifest/1"
+
+
+# Arrow names a list's item field ("item" in memory, "element" once read back from Parquet):
+# the name is not part of the data, so it is dropped when types are compared.
+_LIST_FIELD = re.compile(r"list<[^:<>,]+: ")
+
+
+def normalize_type_text(type_text: str) -> str:
+    """An Arrow type's text without list item field names, for comparing schemas."""
+    return _LIST_FIELD.sub("list<", type_text)
 
 
 class ManifestFormatError(ValueError):
@@ -79,8 +90,8 @@ class Manifest:
         """
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestFormatError(f"manifest is not JSON: {exc}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise ManifestFormatError(f"manifest is not JSON: {type(exc).__name__}") from None
         if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
             raise ManifestFormatError(f"manifest format is not {MANIFEST_FORMAT!r}")
         try:

@@ -29,6 +29,8 @@ _FORMATS = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
 _INT_RANK = {"TINYINT": 1, "SMALLINT": 2, "INTEGER": 3, "BIGINT": 4, "HUGEINT": 5}
 _UINT_RANK = {"UTINYINT": 1, "USMALLINT": 2, "UINTEGER": 3, "UBIGINT": 4}
 _NAIVE_TS = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
+# An all-null Arrow column (pandas makes one of an all-None column) has DuckDB type NULL.
+_NULL_TYPES = {"NULL", '"NULL"'}
 
 
 @dataclass
@@ -79,8 +81,8 @@ def describe_batch(wh: Warehouse) -> list[tuple[str, str]]:
 
 def compatible(run_type: str, table_type: str) -> bool:
     """True when a run column of ``run_type`` loads losslessly into ``table_type``."""
-    if run_type == table_type:
-        return True
+    if run_type == table_type or run_type in _NULL_TYPES or table_type in _NULL_TYPES:
+        return True  # NULLs fit any type; a NULL-typed table column takes the run's type
     if run_type in _INT_RANK and table_type in _INT_RANK:
         return _INT_RANK[run_type] <= _INT_RANK[table_type]
     if run_type in _UINT_RANK and table_type in _INT_RANK:
@@ -168,6 +170,21 @@ def key_range(wh: Warehouse, keys: tuple[str, ...], alias: str) -> tuple[str, li
         clauses.append(f"{alias}.{quote(k)} BETWEEN ? AND ?")
         params += [low, high]
     return (" AND ".join(clauses) or "TRUE"), params
+
+
+def retype_null_columns(wh: Warehouse, table: str, run_columns: list[tuple[str, str]],
+                        table_columns: list[tuple[str, str]]) -> list[str]:
+    """Give NULL-typed table columns (created from an all-null first run) the run's type;
+    every value in them is NULL, so the change is lossless."""
+    types = {n.lower(): t for n, t in run_columns}
+    changed = []
+    for name, type_text in table_columns:
+        new = types.get(name.lower())
+        if type_text in _NULL_TYPES and new is not None and new not in _NULL_TYPES:
+            wh.execute(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(name)} SET DATA TYPE "
+                       f"{new}", action=f"typing column {name} of {table}")
+            changed.append(name)
+    return changed
 
 
 def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: bool,

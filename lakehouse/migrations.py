@@ -68,8 +68,27 @@ def _v1_meta_schema(wh: Warehouse) -> None:
         wh.execute(sql, action="creating the meta schema")
 
 
+def _v2_ledger_key_by_table(wh: Warehouse) -> None:
+    """Key the ledger by (table, run id): a run id is unique per table folder, and a hostile
+    or careless reuse of one id under two tables must not make one run look loaded."""
+    cols = ", ".join(name for name, _ in wh.columns("meta", "staged_runs"))
+    wh.execute("""CREATE TABLE meta.staged_runs_v2 (
+        run_id VARCHAR NOT NULL, table_name VARCHAR NOT NULL, producer VARCHAR,
+        idempotency_key VARCHAR, manifest_sha256 VARCHAR, status VARCHAR NOT NULL,
+        reason_code VARCHAR, reason_json VARCHAR, rows_staged BIGINT, rows_loaded BIGINT,
+        rows_rejected BIGINT, bytes_staged BIGINT, load_run_id VARCHAR,
+        created_at TIMESTAMP, committed_at TIMESTAMP, recorded_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (table_name, run_id))""", action="migrating the ledger")
+    wh.execute(f"INSERT INTO meta.staged_runs_v2 ({cols}) SELECT {cols} FROM meta.staged_runs",
+               action="migrating the ledger")
+    wh.execute("DROP TABLE meta.staged_runs", action="migrating the ledger")
+    wh.execute("ALTER TABLE meta.staged_runs_v2 RENAME TO staged_runs",
+               action="migrating the ledger")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
+    Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
 )
 
 

@@ -34,7 +34,7 @@ from lakehouse.layout import (
     is_temp_name,
     parse_run_id,
 )
-from lakehouse.manifest import Manifest, ManifestFormatError
+from lakehouse.manifest import Manifest, ManifestFormatError, normalize_type_text
 
 _MARKERS = {MANIFEST_NAME, ABANDONED_NAME, REASON_NAME}
 
@@ -163,7 +163,7 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
     if missing:
         raise ManifestError(ref.table, ref.run_id,
                             f"files listed in the manifest are missing: {sorted(missing)[:5]}")
-    expected = [(name, type_text) for name, type_text in manifest.schema]
+    expected = [(name, normalize_type_text(type_text)) for name, type_text in manifest.schema]
     tables = []
     for entry in manifest.files:
         if "/" in entry.name or entry.name.startswith("."):
@@ -185,7 +185,7 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
         if table.num_rows != entry.rows:
             raise ManifestError(ref.table, ref.run_id,
                                 f"{entry.name}: {table.num_rows} rows, manifest says {entry.rows}")
-        actual = [(f.name, str(f.type)) for f in table.schema]
+        actual = [(f.name, normalize_type_text(str(f.type))) for f in table.schema]
         if actual != expected:
             raise ManifestError(ref.table, ref.run_id,
                                 f"{entry.name}: schema {actual} differs from the manifest's "

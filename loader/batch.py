@@ -111,7 +111,7 @@ def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None,
         try:
             committed = datetime.fromisoformat(manifest.committed_at).astimezone(UTC).replace(
                 tzinfo=None)
-        except ValueError:
+        except (ValueError, OverflowError):  # a manifest's text, not ours to trust
             committed = None
     return {
         "run_id": ref.run_id, "table_name": ref.table,

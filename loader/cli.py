@@ -94,8 +94,9 @@ def errors_to_exit() -> Iterator[None]:
         click.echo(f"lake: {exc}", err=True)
         raise click.exceptions.Exit(exit_code_for(exc)) from None
     except OSError as exc:
-        click.echo(f"lake: {exc.strerror or exc}: {exc.filename or ''} (check the path, "
-                   "free disk space and permissions, then run the command again)", err=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(f"lake: {exc.strerror or exc}{where} (check the path, free disk space and "
+                   "permissions, then run the command again)", err=True)
         raise click.exceptions.Exit(EXIT_ERROR) from None
 
 

@@ -66,6 +66,7 @@ from lakehouse.merge import (
     find_key_conflicts,
     merge_batch,
     partition_expression,
+    retype_null_columns,
     schema_changes,
 )
 from lakehouse.merge import add_columns as add_table_columns
@@ -120,10 +121,11 @@ class _Loader:
             self.options.progress(outcome)
 
     # -- recovery -------------------------------------------------------------------------
-    def finish_moves(self, refs: list[RunRef], entries: dict[str, LedgerEntry]) -> None:
+    def finish_moves(self, refs: list[RunRef],
+                     entries: dict[tuple[str, str], LedgerEntry]) -> None:
         """Runs the ledger already accounts for: finish their move, never merge them again."""
         for ref in refs:
-            entry = entries[ref.run_id]
+            entry = entries[(ref.table, ref.run_id)]
             if entry.status == STATUS_QUARANTINED:
                 reason = json.loads(entry.reason_json) if entry.reason_json else {}
                 quarantine_run(self.paths, ref.table, ref.run_id, reason)
@@ -442,6 +444,7 @@ class _Loader:
                     new, _, _ = schema_changes(run_columns, table_columns)
                     if new:
                         add_table_columns(self.wh, contract.name, new)
+                    retype_null_columns(self.wh, contract.name, run_columns, table_columns)
                 stats = merge_batch(
                     self.wh, contract, run_columns, partition_sql,
                     several_runs=len(batch.accepted) > 1,
@@ -582,10 +585,11 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
                                              "max_runs": options.max_runs}) as logger:
                 report.load_run_id = logger.run_id
                 loader = _Loader(config, options, wh, logger, report)
-                entries = ledger_entries(wh, [r.run_id for r in refs])
+                entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs])
                 # Ordering rule 2: the ledger wins; those runs only finish their move.
-                loader.finish_moves([r for r in refs if r.run_id in entries], entries)
-                pending = [r for r in refs if r.run_id not in entries]
+                loader.finish_moves([r for r in refs if (r.table, r.run_id) in entries],
+                                    entries)
+                pending = [r for r in refs if (r.table, r.run_id) not in entries]
                 for table in dict.fromkeys(r.table for r in pending):
                     loader.load_table(table, [r for r in pending if r.table == table])
             report.tables = table_summaries(wh, config)

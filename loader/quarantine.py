@@ -156,7 +156,7 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
                 # stays in quarantine; the other order would re-quarantine it on next load.
                 mark_publish_pending(paths)
                 with wh.transaction("forgetting the quarantined ledger row"):
-                    forget_run(wh, run_id)
+                    forget_run(wh, q.table, run_id)
                 wh.checkpoint()
             finally:
                 wh.close()

@@ -231,14 +231,42 @@ def test_replace_partition_assets(lake: Lake) -> None:
 
 
 # -- meta.schema_migrations ------------------------------------------------------------
-def test_schema_migrations_holds_version_1_once(lake: Lake) -> None:
+def test_schema_migrations_hold_each_version_once(lake: Lake) -> None:
     lake.stage("events", events((1, D(2026, 1, 1), "view", None)))
     lake.load()
     lake.init()
-    rows = lake.rows("SELECT version, name, applied_at FROM meta.schema_migrations")
-    assert [(v, n) for v, n, _ in rows] == [(1, "meta_schema")]
+    rows = lake.rows("SELECT version, name, applied_at FROM meta.schema_migrations "
+                     "ORDER BY version")
+    assert [(v, n) for v, n, _ in rows] == [(1, "meta_schema"), (2, "ledger_key_by_table")]
     assert isinstance(rows[0][2], dt.datetime)
     tables = {r[0] for r in lake.rows(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'meta'")}
     assert {"ingestion_runs", "ingestion_run_assets", "asset_watermarks", "asset_checks",
             "staged_runs", "schema_migrations"} <= tables
+
+
+def test_a_version_1_warehouse_is_migrated_with_its_ledger(tmp_path: Path) -> None:
+    """Migration 2 re-keys the ledger by (table, run id) and keeps every row."""
+    import duckdb
+
+    from lakehouse.migrations import MIGRATIONS
+
+    root = make_root(tmp_path / "lake")
+    (root / "warehouse").mkdir()
+    con = duckdb.connect(str(root / "warehouse" / "lake.duckdb"))
+    con.execute("CREATE SCHEMA meta")
+    con.execute("CREATE TABLE meta.schema_migrations (version INTEGER PRIMARY KEY, "
+                "name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    from lakehouse.db import Warehouse
+
+    wh = Warehouse(con, root / "warehouse" / "lake.duckdb", read_only=False)
+    MIGRATIONS[0].apply(wh)  # the version 1 schema, as an older Lake left it
+    con.execute("INSERT INTO meta.schema_migrations VALUES (1, 'meta_schema', now())")
+    con.execute("INSERT INTO meta.staged_runs (run_id, table_name, status, recorded_at) "
+                "VALUES ('r1', 'plain', 'loaded', now())")
+    con.close()
+    lk = Lake(root)
+    lk.init()
+    assert lk.rows("SELECT table_name, run_id, status FROM meta.staged_runs") == [
+        ("plain", "r1", "loaded")]
+    assert lk.rows("SELECT max(version) FROM meta.schema_migrations") == [(2,)]
