@@ -188,27 +188,21 @@ def retype_null_columns(wh: Warehouse, table: str, run_columns: list[tuple[str, 
 
 
 def find_key_conflicts(wh: Warehouse, contract: TableContract, table_exists: bool,
-                       several_runs: bool) -> list[int]:
-    """``append`` with a primary key: batch rows whose key is already in the table or in an
-    earlier run of the batch. Returns batch row positions."""
+                       several_runs: bool) -> tuple[list[int], bool]:
+    """``append`` with a primary key: batch rows whose key is already in the table, and
+    whether any key repeats across the batch's runs (the caller settles those in run order,
+    since a repeat only counts against an earlier run that is itself accepted)."""
     keys = contract.primary_key
-    parts: list[str] = []
-    params: list[Any] = []
+    rows: list[int] = []
     if table_exists:
         join = " AND ".join(f"t.{quote(k)} = b.{quote(k)}" for k in keys)
         bounds, params = key_range(wh, keys, "t")
-        parts.append(f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b SEMI JOIN "
-                     f"(SELECT * FROM {quote(contract.name)} t WHERE {bounds}) t ON {join}")
-    if several_runs and not batch_keys_unique(wh, keys):
-        key_list = ", ".join(quote(k) for k in keys)
-        parts.append(f"SELECT {ROW_COLUMN} FROM (SELECT {ROW_COLUMN}, {SEQ_COLUMN}, "
-                     f"min({SEQ_COLUMN}) OVER (PARTITION BY {key_list}) AS first_seq "
-                     f"FROM {BATCH_NAME}) WHERE {SEQ_COLUMN} > first_seq")
-    if not parts:
-        return []
-    rows = wh.fetchall(" UNION ".join(parts), params if table_exists else None,
-                       action=f"checking keys of {contract.name}")
-    return sorted(r[0] for r in rows)
+        found = wh.fetchall(f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b SEMI JOIN "
+                            f"(SELECT * FROM {quote(contract.name)} t WHERE {bounds}) t ON {join}",
+                            params, action=f"checking keys of {contract.name}")
+        rows = sorted(r[0] for r in found)
+    repeats = several_runs and not batch_keys_unique(wh, keys)
+    return rows, repeats
 
 
 def batch_keys_unique(wh: Warehouse, keys: tuple[str, ...]) -> bool:
@@ -286,6 +280,7 @@ def _partition_stats(wh: Warehouse, contract: TableContract, rows_sql: str,
     if column_type and column_type.startswith("TIMESTAMP WITH TIME ZONE"):
         col = f"CAST({col} AS TIMESTAMP)"  # UTC wall time (the session time zone is UTC)
     rows = wh.fetchall(
-        f"SELECT {PARTITION_COLUMN} AS p, count(*), min({col}), max({col}) FROM ({rows_sql}) "
-        "GROUP BY p ORDER BY p", action=f"summarising partitions of {contract.name}")
+        # GROUP BY position: an alias could be shadowed by a user column of the same name.
+        f"SELECT {PARTITION_COLUMN}, count(*), min({col}), max({col}) FROM ({rows_sql}) "
+        "GROUP BY 1 ORDER BY 1", action=f"summarising partitions of {contract.name}")
     return {str(p): PartitionStats(int(n), lo, hi) for p, n, lo, hi in rows}

@@ -223,6 +223,31 @@ class _Loader:
                 batch.accepted.append(accepted)
                 self._remember(accepted.verified)
 
+    def _settle_and_screen(self, contract: TableContract, batch: Batch) -> None:
+        """Settle the candidates, then run the checks that need the table; repeat without the
+        runs those checks rejected, since they were counted as loaded while later runs were
+        judged (a repeated idempotency key or content). Each round drops at least one run."""
+        saved_keys, saved_sums = dict(self.keys_seen), dict(self.sums_seen)
+        base_skipped, base_rejected = list(batch.skipped), list(batch.rejected)
+        candidates = batch.candidates
+        screened: list[Any] = []
+        excluded: set[str] = set()
+        while True:
+            batch.candidates = [c for c in candidates if c.verified.ref.run_id not in excluded]
+            batch.accepted, batch.keys_unique = [], False
+            batch.skipped, batch.rejected = list(base_skipped), base_rejected + screened
+            self.keys_seen, self.sums_seen = dict(saved_keys), dict(saved_sums)
+            self._settle(contract, batch)
+            if self.abort is not None or not batch.accepted:
+                return
+            before = len(batch.rejected)
+            self._screen_batch(contract, batch)
+            new = batch.rejected[before:]
+            if not new or self.abort is not None:
+                return
+            screened += new
+            excluded |= {entry[0].run_id for entry in new}
+
     def _drop_repeats(self, contract: TableContract, candidate: Candidate, batch: Batch,
                       register: bool = True) -> Candidate | None:
         """Skip a run whose idempotency key was loaded; for append, drop files whose content
@@ -284,10 +309,8 @@ class _Loader:
         move its runs."""
         self.options.stop.raise_if_set()
         if contract is not None and batch.candidates:
-            self._settle(contract, batch)
+            self._settle_and_screen(contract, batch)
             batch.candidates = []
-        if contract is not None and batch.accepted:
-            self._screen_batch(contract, batch)
         try:
             self._commit(contract, batch)
         except WarehouseError as exc:
@@ -352,22 +375,37 @@ class _Loader:
                 break
             if contract.merge != "append" or not contract.primary_key:
                 break
-            rows = find_key_conflicts(self.wh, contract, bool(table_columns),
-                                      len(batch.accepted) > 1 and not batch.keys_unique)
-            if not rows:
+            rows, repeats = find_key_conflicts(
+                self.wh, contract, bool(table_columns),
+                len(batch.accepted) > 1 and not batch.keys_unique)
+            if not rows and not repeats:
                 break
-            self._reject_conflicts(contract, batch, rows)
+            self._reject_conflicts(contract, batch, rows, repeats)
+            batch.keys_unique = True  # what is left repeats no key
 
-    def _reject_conflicts(self, contract: TableContract, batch: Batch, rows: list[int]) -> None:
+    def _reject_conflicts(self, contract: TableContract, batch: Batch, rows: list[int],
+                          repeats: bool) -> None:
+        """Apply ``on_invalid`` to rows whose key is in the table (``rows``) or, when keys
+        repeat across runs, in an earlier run of the batch that is kept — settled in run
+        order, so a run rejected here never makes a later run a conflict."""
         offsets, start = [], 0
         for run in batch.accepted:
             offsets.append((start, start + run.data.num_rows))
             start += run.data.num_rows
         keep = []
+        kept_keys: set[tuple[Any, ...]] = set()
         for run, (lo, hi) in zip(batch.accepted, offsets, strict=True):
             local = [r - lo for r in rows if lo <= r < hi]
+            run_keys: list[tuple[Any, ...]] = []
+            if repeats:
+                run_keys = list(zip(*(run.data.column(k).to_pylist()
+                                      for k in contract.primary_key), strict=True))
+                in_table = set(local)
+                local = sorted(in_table | {i for i, key in enumerate(run_keys)
+                                           if key in kept_keys and i not in in_table})
             if not local:
                 keep.append(run)
+                kept_keys.update(run_keys)
                 continue
             ref = run.verified.ref
             key = ",".join(contract.primary_key)
@@ -384,6 +422,8 @@ class _Loader:
                 run.outcome.total_failures += len(local)
                 keep.append(Accepted(run.verified, run.data.filter(pc.invert(mask)),
                                       run.outcome, rejected, run.skipped_files))
+                dropped = set(local)
+                kept_keys.update(k for i, k in enumerate(run_keys) if i not in dropped)
                 continue
             if contract.on_invalid == "abort":
                 # Commit the runs before this one; this run and the later ones stay staged.
