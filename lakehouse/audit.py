@@ -296,7 +296,8 @@ class _Audit:
             # A rename sets ctime: a run moved into archive/ after the snapshot was copied is
             # one the snapshot cannot know yet (a load is running, or did not publish).
             moved = datetime.fromtimestamp(info.st_ctime, UTC)
-            (behind if snap_time is not None and moved > snap_time else missing).append(item)
+            # Same clock tick (timestamps are coarse): it may be newer, so not an error yet.
+            (behind if snap_time is not None and moved >= snap_time else missing).append(item)
         for item in missing:
             self.problem("archive_not_in_ledger", f"archived run {item['run_id']} is not in the "
                          "ledger: its rows may be missing from the warehouse",
