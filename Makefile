@@ -7,6 +7,7 @@ ROOT ?= data
 # pytest arguments; CI adds a bounded slow-test run with `make test-slow`.
 PYTEST_ARGS ?=
 SLOW_ITERATIONS ?= 5
+SLOW_EXAMPLES ?= 40
 
 .PHONY: install demo test test-slow bench bench-smoke lint typecheck clean
 
@@ -32,7 +33,8 @@ test: install
 
 ## test-slow: the slow crash/soak tests, bounded by SLOW_ITERATIONS.
 test-slow: install
-	LAKE_SLOW_ITERATIONS=$(SLOW_ITERATIONS) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	LAKE_SLOW_ITERATIONS=$(SLOW_ITERATIONS) LAKE_SLOW_EXAMPLES=$(SLOW_EXAMPLES) \
+		$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 ## bench: benchmarks against raw DuckDB and dlt; writes docs/BENCHMARKS.md (several minutes).
 bench: install

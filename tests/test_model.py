@@ -42,6 +42,8 @@ from model import (
 from staging import stage
 
 EXAMPLES = int(os.environ.get("LAKE_HYPOTHESIS_EXAMPLES", "0"))
+# Examples of the slow variant; CI bounds it (make test-slow SLOW_EXAMPLES=...).
+SLOW_EXAMPLES = int(os.environ.get("LAKE_SLOW_EXAMPLES", "300"))
 RUN_ID_COLUMN = "_lake_run_id"
 TOKYO = "timestamp[us, tz=Asia/Tokyo]"  # stored as UTC instants; partitions are read in UTC
 
@@ -411,7 +413,7 @@ def test_runs_of_several_tables_match_the_model(scenario: Scenario) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=max(EXAMPLES, 300), deadline=None, derandomize=True, database=None,
+@settings(max_examples=max(EXAMPLES, SLOW_EXAMPLES), deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(scenario=one_table_scenarios(max_runs=12))
