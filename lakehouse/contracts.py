@@ -168,7 +168,8 @@ def check_run(table: pa.Table, contract: TableContract,
 
 
 def check_runs(tables: list[pa.Table], contract: TableContract,
-               resolved: ResolvedSchema | None) -> list[ValidationOutcome]:
+               resolved: ResolvedSchema | None, *, group_unique: bool | None = None
+               ) -> list[ValidationOutcome]:
     """Validate several runs of one schema; one outcome per run.
 
     With ``validation = "grouped"`` (the default) pandera sees the runs concatenated, once:
@@ -176,9 +177,12 @@ def check_runs(tables: list[pa.Table], contract: TableContract,
     runs. Row checks, nullability, dtypes and uniqueness that pass on the concatenation pass
     on every part, so a passing group is a pass for each run. When the group fails, every run
     is validated on its own, so failures are exact and attributed to their run.
+
+    ``group_unique``: the caller already knows whether the group's keys repeat.
     """
     # One hash of the whole group's keys answers "no duplicates" for every run at once.
-    group_unique = len(tables) > 1 and keys_unique(tables, contract.primary_key)
+    if group_unique is None:
+        group_unique = len(tables) > 1 and keys_unique(tables, contract.primary_key)
     outcomes = []
     for table in tables:
         outcome = ValidationOutcome()

@@ -29,6 +29,7 @@ from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash, quarantine_run
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+from lakehouse.staged import uncommitted_runs
 
 DEFAULT_GRACE = timedelta(hours=1)
 
@@ -145,37 +146,30 @@ def _abandoned_runs(config: LakeConfig, now: datetime,
     paths = config.paths
     limit = timedelta(hours=config.settings.abandon_after_hours)
     found: list[tuple[str, str, dict[str, Any]]] = []
-    if not paths.staging.is_dir():
-        return found
-    for table_dir in sorted(paths.staging.iterdir()):
-        if not table_dir.is_dir() or table_dir.is_symlink() or table_dir.name.startswith("."):
+    for run_dir in uncommitted_runs(paths):
+        table_dir = run_dir.parent
+        # A producer still writing touches files: age is that of the newest entry.
+        entries = [run_dir, *run_dir.iterdir()]
+        age = min(_age(p, now) for p in entries)
+        if age < limit:
+            report.kept.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
+                                             f"uncommitted for {age}, below the limit"))
             continue
-        for run_dir in sorted(table_dir.iterdir()):
-            if run_dir.name.startswith(".") or not run_dir.is_dir() or \
-                    (run_dir / "_manifest.json").exists():
-                continue
-            # A producer still writing touches files: age is that of the newest entry.
-            entries = [run_dir, *run_dir.iterdir()]
-            age = min(_age(p, now) for p in entries)
-            if age < limit:
-                report.kept.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
-                                                 f"uncommitted for {age}, below the limit"))
-                continue
-            note: dict[str, Any] = {}
-            marker = run_dir / ABANDONED_NAME
-            if marker.exists():
-                try:
-                    note = json.loads(marker.read_text())
-                except (OSError, ValueError):
-                    note = {}
-            reason: dict[str, Any] = {
-                "code": "abandoned", "table": table_dir.name, "run_id": run_dir.name,
-                "message": f"never committed (no manifest) and untouched for {age}; "
-                           "the producer died or raised",
-                "producer_error": note.get("error"), "failure_count": 0, "failure_sample": []}
-            report.actions.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
-                                                f"uncommitted for {age}"))
-            found.append((table_dir.name, run_dir.name, reason))
+        note: dict[str, Any] = {}
+        marker = run_dir / ABANDONED_NAME
+        if marker.exists():
+            try:
+                note = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                note = {}
+        reason: dict[str, Any] = {
+            "code": "abandoned", "table": table_dir.name, "run_id": run_dir.name,
+            "message": f"never committed (no manifest) and untouched for {age}; "
+                       "the producer died or raised",
+            "producer_error": note.get("error"), "failure_count": 0, "failure_sample": []}
+        report.actions.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
+                                            f"uncommitted for {age}"))
+        found.append((table_dir.name, run_dir.name, reason))
     return found
 
 

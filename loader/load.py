@@ -200,10 +200,12 @@ class _Loader:
         skipped_before = len(batch.skipped)
         planned = [c for c in (self._drop_repeats(contract, c, batch) for c in batch.candidates)
                    if c is not None]
-        outcomes = check_runs([c.data for c in planned], contract, resolved)
+        datas = [c.data for c in planned]
+        group_unique = len(datas) > 1 and keys_unique(datas, contract.primary_key)
+        outcomes = check_runs(datas, contract, resolved, group_unique=group_unique)
         if all(o.ok for o in outcomes):
-            batch.keys_unique = keys_unique([c.data for c in planned], contract.primary_key) \
-                if len(planned) > 1 else not any(o.duplicate_keys for o in outcomes)
+            batch.keys_unique = group_unique if len(datas) > 1 else \
+                not any(o.duplicate_keys for o in outcomes)
             batch.accepted = [Accepted(c.verified, c.data, _with_repeat_warning(o, c, contract),
                                        skipped_files=c.skipped_files)
                               for c, o in zip(planned, outcomes, strict=True)]
