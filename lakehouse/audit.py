@@ -279,7 +279,7 @@ class _Audit:
         entries = ledger_entries(wh, [(r.table, r.run_id) for r in staged])
         unfinished = [{"table": r.table, "run_id": r.run_id,
                        "status": entries[(r.table, r.run_id)].status,
-                       "path": self.rel(r.path)} for r in staged
+                       "path": self.rel(r.local_path)} for r in staged
                       if (r.table, r.run_id) in entries]
         for item in unfinished:
             self.problem("ledger_unfinished_move", f"the ledger says run {item['run_id']} was "
@@ -347,7 +347,7 @@ class _Audit:
         """Committed runs waiting, uncommitted runs, stray temp files."""
         limit = self.limits.backlog_hours
         # Waiting since its manifest was written (the commit); gone meanwhile: just loaded.
-        stamped = [(_mtime(_stat(r.path / layout.MANIFEST_NAME)), r) for r in waiting]
+        stamped = [(_mtime(_stat(r.local_path / layout.MANIFEST_NAME)), r) for r in waiting]
         ages = sorted([(self.age(t), r) for t, r in stamped if t], key=lambda x: -x[0])
         late = [(a, r) for a, r in ages if a > limit]
         if late:

@@ -6,6 +6,7 @@ naming the table and key at fault (the CLI exits 2).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ class LakeSettings:
     batch_max_rows: int = 1_000_000  # rows merged in one transaction at most
     batch_max_runs: int = 2_000  # runs merged in one transaction at most
     batch_max_bytes: int = 512 * 1024 * 1024  # staged bytes read for one transaction at most
+    # Staging, archive and quarantine in an object store (an fsspec URL) instead of the root.
+    staging_root: str | None = None
+    staging_options: MappingProxyType[str, Any] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,8 @@ def parse_config(doc: dict[str, Any], paths: LakePaths) -> LakeConfig:
         batch_max_runs=_number(lake, "batch_max_runs", 2_000, where, integer=True, low=1),
         batch_max_bytes=_number(lake, "batch_max_bytes", 512 * 1024 * 1024, where,
                                 integer=True, low=1),
+        staging_root=_staging_root(lake.get("staging_root"), "lake.staging_root", where),
+        staging_options=_options(lake.get("staging_options", {}), where),
     )
     tables_doc = doc.get("tables", {})
     if not isinstance(tables_doc, dict):
@@ -231,6 +238,42 @@ def _parse_partition(table: str, value: Any, where: str) -> PartitionSpec | None
 
 
 _HIGH = 2**40  # far beyond any sane setting, and safe for timedelta and SQL integers
+
+
+def _staging_root(value: Any, key: str, where: str) -> str | None:
+    """An fsspec URL for staging (``s3://bucket/lake``), or None for ``<root>/staging``."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "://" not in value or value.startswith("file://"):
+        raise ConfigError(f"must be an object store URL such as 's3://bucket/lake', got "
+                          f"{value!r} (local staging always lives under the lake root)",
+                          key=key, path=where)
+    protocol = value.split("://", 1)[0]
+    if not protocol.replace("+", "").isalnum() or not value.split("://", 1)[1].strip("/"):
+        raise ConfigError(f"{value!r} is not a URL with a bucket or container", key=key,
+                          path=where)
+    return value.rstrip("/")
+
+
+def _options(value: Any, where: str) -> MappingProxyType[str, Any]:
+    """``[lake.staging_options]``: keyword arguments for the fsspec file system."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError("must be a table of fsspec options, e.g. { endpoint_url = \"...\" }",
+                          key="lake.staging_options", path=where)
+    return MappingProxyType(dict(value))
+
+
+def with_staging_root(config: LakeConfig, url: str | None) -> LakeConfig:
+    """``config`` with its staging root replaced (the CLI's ``--staging-root``).
+
+    Raises:
+        ConfigError: ``url`` is not an object store URL.
+    """
+    if url is None:
+        return config
+    root = _staging_root(url, "--staging-root", str(config.paths.config))
+    return dataclasses.replace(config, settings=dataclasses.replace(config.settings,
+                                                                    staging_root=root))
 
 
 def _number(section: dict[str, Any], key: str, default: Any, where: str, *,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,15 +55,40 @@ class InvalidColumnNameError(InvalidRunError):
 
 @dataclass(frozen=True)
 class RunRef:
-    """A committed run found in ``staging/<table>/<run_id>/``."""
+    """A committed run found in ``staging/<table>/<run_id>/``.
+
+    Under the lake root ``path`` is the local folder. In an object store (``store`` is the
+    ``lakehouse.areas.ObjectArea``) it is the folder's key, and ``listing`` holds the run's
+    objects and sizes as listed when the run was found (a committed run never changes).
+    """
 
     table: str
     run_id: str
-    path: Path
+    path: PurePath
+    store: Any = None
+    listing: tuple[tuple[str, int], ...] = ()
 
     @property
     def sort_key(self) -> tuple[str, str]:
         return (self.run_id, self.table)
+
+    @property
+    def local_path(self) -> Path:
+        """The run's local folder (only for runs under the lake root)."""
+        assert isinstance(self.path, Path), "a run in an object store has no local folder"
+        return self.path
+
+    def read_bytes(self, name: str) -> bytes:
+        """One file of the run.
+
+        Raises:
+            FileNotFoundError: it does not exist.
+            OSError: it cannot be read.
+        """
+        if self.store is None:
+            return (self.local_path / name).read_bytes()
+        data: bytes = self.store.read(f"{self.path}/{name}")
+        return data
 
 
 @dataclass
@@ -139,11 +166,25 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
             file, an empty run or unsafe column names.
     """
     check_names(ref, config)
-    if ref.path.is_symlink():
-        raise InvalidRunError(ref.table, ref.run_id,
-                              "the run folder is a symlink; staged runs must be written by "
-                              "stage_run inside the lake root")
-    manifest_bytes = _read_regular(ref, ref.path / MANIFEST_NAME)
+    if ref.store is None:
+        if ref.local_path.is_symlink():
+            raise InvalidRunError(ref.table, ref.run_id,
+                                  "the run folder is a symlink; staged runs must be written by "
+                                  "stage_run inside the lake root")
+        names = {p.name for p in ref.local_path.iterdir() if not is_temp_name(p.name)}
+
+        def read(name: str) -> bytes:
+            return _read_regular(ref, ref.local_path / name)
+    else:
+        names = {name for name, _ in ref.listing}
+
+        def read(name: str) -> bytes:
+            return _read_object(ref, name)
+    return _verify(ref, names, read)
+
+
+def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> VerifiedRun:
+    manifest_bytes = read(MANIFEST_NAME)
     try:
         manifest = Manifest.from_json(manifest_bytes)
     except ManifestFormatError as exc:
@@ -155,7 +196,7 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
     listed = {f.name for f in manifest.files}
     if len(listed) != len(manifest.files):
         raise ManifestError(ref.table, ref.run_id, "manifest lists a file twice")
-    present = {p.name for p in ref.path.iterdir() if not is_temp_name(p.name)} - _MARKERS
+    present = names - _MARKERS
     if present - listed:
         raise ManifestError(ref.table, ref.run_id,
                             f"files not listed in the manifest: {sorted(present - listed)[:5]}")
@@ -168,7 +209,7 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
     for entry in manifest.files:
         if "/" in entry.name or entry.name.startswith("."):
             raise ManifestError(ref.table, ref.run_id, f"file name {entry.name!r} is not simple")
-        data = _read_regular(ref, ref.path / entry.name)
+        data = read(entry.name)
         if len(data) != entry.bytes:
             raise ManifestError(ref.table, ref.run_id,
                                 f"{entry.name}: {len(data)} bytes on disk, manifest says "
@@ -210,6 +251,14 @@ def _check_column_names(ref: RunRef, schema: pa.Schema) -> None:
             f"column names must be letters, digits and '_' (not starting with "
             f"{RESERVED_PREFIX!r}) and unique ignoring case; bad: {(bad + repeated)[:5]!r}",
             failures=failures)
+
+
+def _read_object(ref: RunRef, name: str) -> bytes:
+    """Read one object of a run staged in an object store (an outage raises, not rejects)."""
+    try:
+        return ref.read_bytes(name)
+    except FileNotFoundError:
+        raise ManifestError(ref.table, ref.run_id, f"{name} is missing") from None
 
 
 def _read_regular(ref: RunRef, path: Path) -> bytes:

@@ -64,7 +64,7 @@ class Batch:
 
 def peek_manifest(ref: RunRef) -> Manifest | None:
     try:
-        return Manifest.from_json((ref.path / MANIFEST_NAME).read_bytes())
+        return Manifest.from_json(ref.read_bytes(MANIFEST_NAME))
     except (OSError, ManifestFormatError):
         return None
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -37,26 +38,40 @@ CRASH_ENV = "LAKE_TEST_CRASH_AT"  # testing only: SIGKILL the loader at a named 
 
 
 class LakeContext:
-    """What every command needs: the resolved root."""
+    """What every command needs: the resolved root (and where staging lives, if elsewhere)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, staging_root: str | None = None) -> None:
         self.root = root
+        self.staging_root = staging_root
 
     def config(self) -> Any:
-        from lakehouse.config import load_config
+        from lakehouse.config import load_config, with_staging_root
 
-        return load_config(self.root)
+        return with_staging_root(load_config(self.root), self.staging_root)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), envvar="LAKE_ROOT",
               default="data", show_default=True,
               help="The lake root (also LAKE_ROOT).")
+@click.option("--staging-root", envvar="LAKE_STAGING_ROOT", metavar="URL",
+              help="Read staging/, archive/ and quarantine/ from this object store URL "
+                   "(s3://bucket/lake) instead of the root; overrides lake.toml's "
+                   "[lake] staging_root (also LAKE_STAGING_ROOT).")
 @click.version_option(package_name="lake", prog_name="lake")
 @click.pass_context
-def cli(ctx: click.Context, root: Path) -> None:
+def cli(ctx: click.Context, root: Path, staging_root: str | None) -> None:
     """Lake: lock-free Parquet staging, one validating loader, partitioned DuckDB tables."""
-    ctx.obj = LakeContext(root)
+    if _URL.match(str(root)):
+        click.echo(f"lake: --root must be a local folder: it holds the warehouse, its lock and "
+                   f"the published snapshot. To stage in an object store, keep --root local "
+                   f"and pass --staging-root {str(root).replace(':/', '://', 1)} "
+                   "(or set [lake] staging_root in lake.toml)", err=True)
+        raise click.exceptions.Exit(EXIT_USAGE)
+    ctx.obj = LakeContext(root, staging_root)
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
 def main() -> None:

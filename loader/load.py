@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakehouse.areas import StagingArea, staging_area
 from lakehouse.config import LakeConfig, TableContract
 from lakehouse.contracts import (
     SchemaRegistry,
@@ -71,16 +72,9 @@ from lakehouse.merge import (
 )
 from lakehouse.merge import add_columns as add_table_columns
 from lakehouse.migrations import migrate
-from lakehouse.moves import (
-    archive_run,
-    empty_trash,
-    quarantine_rejected_rows,
-    quarantine_run,
-    sync_folders,
-)
 from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
-from lakehouse.staged import RunRef, VerifiedRun, discover_runs, verify_run
+from lakehouse.staged import RunRef, VerifiedRun, verify_run
 from loader.batch import (
     Accepted,
     Batch,
@@ -103,6 +97,7 @@ class _Loader:
         self.config, self.options, self.wh, self.logger, self.report = (
             config, options, wh, logger, report)
         self.paths: LakePaths = config.paths
+        self.area: StagingArea = staging_area(config)
         self.schemas = SchemaRegistry(config)
         self.changed = False
         self.abort: LoadAbortedError | None = None
@@ -128,10 +123,10 @@ class _Loader:
             entry = entries[(ref.table, ref.run_id)]
             if entry.status == STATUS_QUARANTINED:
                 reason = json.loads(entry.reason_json) if entry.reason_json else {}
-                quarantine_run(self.paths, ref.table, ref.run_id, reason)
+                self.area.quarantine(ref.table, ref.run_id, reason)
             else:
-                archive_run(self.paths, ref.table, ref.run_id,
-                            retention_days=self.config.settings.retention_days)
+                self.area.archive(ref.table, ref.run_id,
+                                  retention_days=self.config.settings.retention_days)
             self.emit(RunOutcome(ref.table, ref.run_id, "recovered",
                                  message=f"ledger says {entry.status}; finished its move"))
 
@@ -142,7 +137,7 @@ class _Loader:
             batch = Batch()
             for ref in refs:
                 try:
-                    verify_run(ref, self.config)  # raises for unknown/hostile tables
+                    self.area.verify(ref, self.config)  # raises for unknown/hostile tables
                 except RunRejectedError as exc:
                     batch.rejected.append((ref, exc, None, None))
             self.flush(None, batch)
@@ -467,8 +462,8 @@ class _Loader:
             if run.rejected_rows is not None and run.rejected_rows.num_rows:
                 # Ordering rule 5: rejected rows are on disk before the commit names them.
                 ref = run.verified.ref
-                quarantine_rejected_rows(self.paths, ref.table, ref.run_id,
-                                         drop_rows_reason(ref, run), run.rejected_rows)
+                self.area.quarantine_rows(ref.table, ref.run_id, drop_rows_reason(ref, run),
+                                          run.rejected_rows)
         if batch.accepted:
             assert contract is not None
             self._register(batch)
@@ -567,7 +562,7 @@ class _Loader:
         for run in batch.accepted:
             ref = run.verified.ref
             # No fsync per run: the ledger committed, so a lost rename is redone next load.
-            archive_run(self.paths, ref.table, ref.run_id, retention_days=retention, sync=False)
+            self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
             tables.add(ref.table)
             moved += 1
             if moved == 1:
@@ -578,13 +573,13 @@ class _Loader:
                                  None if run.rejected_rows is None else
                                  f"{run.rejected_rows.num_rows} invalid rows quarantined"))
         for ref, _manifest, code, message in batch.skipped:
-            archive_run(self.paths, ref.table, ref.run_id, retention_days=retention, sync=False)
+            self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
             tables.add(ref.table)
             self.emit(RunOutcome(ref.table, ref.run_id, "skipped", reason_code=code,
                                  message=message))
-        sync_folders(self.paths, tables)
+        self.area.sync(tables)
         for ref, error, manifest, _ in batch.rejected:
-            quarantine_run(self.paths, ref.table, ref.run_id, error.reason())
+            self.area.quarantine(ref.table, ref.run_id, error.reason())
             self.emit(RunOutcome(ref.table, ref.run_id, "quarantined",
                                  rows_rejected=manifest.rows if manifest else 0,
                                  reason_code=error.code, message=error.problem))
@@ -609,14 +604,15 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
     with WarehouseLock(paths, "lake load", options.lock_timeout):
         if options.crash_at == "after_lock":
             os.kill(os.getpid(), signal.SIGKILL)
-        empty_trash(paths)  # a delete killed halfway left its folder here
-        refs = discover_runs(paths, options.table)
+        area = staging_area(config)
+        area.empty_trash()  # a delete killed halfway left its folder here
+        refs = area.discover(options.table)
         if options.max_runs is not None:
             refs = refs[: options.max_runs]
         if options.on_discover:
             options.on_discover(len(refs))
         if options.dry_run:
-            _dry_run(config, refs, report)
+            _dry_run(config, area, refs, report)
             report.seconds = time.monotonic() - started
             return report
         wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
@@ -677,12 +673,13 @@ def table_summaries(wh: Warehouse, config: LakeConfig) -> dict[str, TableSummary
     return summaries
 
 
-def _dry_run(config: LakeConfig, refs: list[RunRef], report: LoadReport) -> None:
+def _dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
+             report: LoadReport) -> None:
     """Verify and validate without writing anything: what would load, what would not."""
     schemas = SchemaRegistry(config)
     for ref in refs:
         try:
-            verified = verify_run(ref, config)
+            verified = area.verify(ref, config)
             contract = config.table(ref.table)
             outcome = check_run(verified.data, contract, schemas.get(contract))
         except RunRejectedError as exc:

@@ -47,7 +47,8 @@ class StagedRun:
 
     def __init__(self, root: str | Path, table: str, *, producer: str = "producer",
                  key: str | None = None, fs: Any = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         if not is_identifier(table):
             raise StagingError(
                 f"table name {table!r} is not allowed: use letters, digits and '_' "
@@ -56,7 +57,7 @@ class StagedRun:
         if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
             raise StagingError("idempotency key must be a non-empty string of at most 512 chars")
         if fs is None:
-            fs, root_path = fsspec.core.url_to_fs(str(root))
+            fs, root_path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
         else:
             root_path = str(root)
         self.fs = fs
@@ -171,8 +172,8 @@ class StagedRun:
 
 @contextmanager
 def stage_run(root: str | Path, table: str, *, producer: str = "producer",
-              key: str | None = None, fs: Any = None,
-              extra: dict[str, Any] | None = None) -> Iterator[StagedRun]:
+              key: str | None = None, fs: Any = None, extra: dict[str, Any] | None = None,
+              storage_options: dict[str, Any] | None = None) -> Iterator[StagedRun]:
     """Open a run; leaving the block commits it, an exception abandons it.
 
     Args:
@@ -183,8 +184,14 @@ def stage_run(root: str | Path, table: str, *, producer: str = "producer",
             the loader loads a key once and records repeats as skipped.
         fs: an fsspec file system to use instead of the one the root's URL implies.
         extra: small JSON-ready metadata stored in the manifest.
+        storage_options: options for the root URL's file system (e.g. ``endpoint_url``);
+            fsspec also reads them from ``FSSPEC_<PROTOCOL>_<OPTION>`` variables.
+
+    On an object store (no rename) each file is one PUT under its final name and the
+    manifest is PUT last: the run is invisible until then, as on local disk.
     """
-    run = StagedRun(root, table, producer=producer, key=key, fs=fs, extra=extra)
+    run = StagedRun(root, table, producer=producer, key=key, fs=fs, extra=extra,
+                    storage_options=storage_options)
     try:
         yield run
     except BaseException as exc:
@@ -194,9 +201,11 @@ def stage_run(root: str | Path, table: str, *, producer: str = "producer",
 
 
 def stage(root: str | Path, table: str, data: Any, *, producer: str = "producer",
-          key: str | None = None, fs: Any = None) -> Manifest | None:
+          key: str | None = None, fs: Any = None,
+          storage_options: dict[str, Any] | None = None) -> Manifest | None:
     """Stage ``data`` as a one-file run and commit it; return its manifest."""
-    with stage_run(root, table, producer=producer, key=key, fs=fs) as run:
+    with stage_run(root, table, producer=producer, key=key, fs=fs,
+                   storage_options=storage_options) as run:
         run.write(data)
     return run.manifest
 

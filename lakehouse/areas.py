@@ -1,0 +1,320 @@
+"""Where staged runs live: under the lake root, or in an object store reached through fsspec.
+
+The loader finds, reads and moves runs through a staging area. :class:`LocalArea` is the
+default: ``staging/``, ``archive/`` and ``quarantine/`` under the lake root, moved by renames
+(``lakehouse/moves.py``). :class:`ObjectArea` serves ``[lake] staging_root = "s3://bucket/lake"``
+(or gs://, abfs://, any fsspec URL): the same three folders under that URL, while the warehouse,
+its lock and the published snapshot stay on the loader's local disk.
+
+Object stores have no rename, so the protocol changes and the invariants do not:
+
+- a producer PUTs each data file once under its final unique name and the manifest last
+  (``staging/writer.py``): a run is visible only once its manifest exists (invariant 2), and a
+  killed producer leaves objects without a manifest, which are never loaded;
+- a move is copy-then-delete: every object is copied to its destination (manifest last, so the
+  destination is complete before it looks committed), and only then are the sources deleted,
+  data files first and the manifest last. A crash at any point leaves the run whole in at least
+  one place, and while its manifest is still in staging the next load finds the run, sees the
+  ledger row, and finishes the move (invariant 6). Copying again is harmless: a committed run's
+  objects never change, so the destination gets the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakehouse import moves
+from lakehouse.config import LakeConfig
+from lakehouse.errors import LakehouseError
+from lakehouse.layout import (
+    ARCHIVE_DIR,
+    MANIFEST_NAME,
+    QUARANTINE_DIR,
+    REASON_NAME,
+    REJECTED_ROWS_NAME,
+    STAGING_DIR,
+)
+from lakehouse.staged import RunRef, VerifiedRun, discover_runs, verify_run
+
+# What a store client may raise when the store is down or refuses (see ObjectArea).
+_STORE_ERRORS = (Exception,)
+
+
+class StagingUnavailableError(LakehouseError):
+    """The object store holding staging could not be listed, read or written."""
+
+
+class StagingArea(Protocol):
+    """What the loader needs from wherever runs are staged."""
+
+    description: str
+
+    def discover(self, table: str | None = None) -> list[RunRef]: ...
+
+    def verify(self, ref: RunRef, config: LakeConfig) -> VerifiedRun: ...
+
+    def archive(self, table: str, run_id: str, *, retention_days: int,
+                sync: bool = True) -> None: ...
+
+    def sync(self, tables: set[str]) -> None: ...
+
+    def quarantine(self, table: str, run_id: str, reason: dict[str, Any]) -> None: ...
+
+    def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
+                        rows: pa.Table) -> None: ...
+
+    def empty_trash(self) -> int: ...
+
+
+def staging_area(config: LakeConfig) -> StagingArea:
+    """The staging area ``config`` names: an object store URL, or the lake root."""
+    url = config.settings.staging_root
+    if url is None:
+        return LocalArea(config)
+    return ObjectArea.at(url, dict(config.settings.staging_options))
+
+
+class LocalArea:
+    """``staging/``, ``archive/`` and ``quarantine/`` under the lake root; moves are renames."""
+
+    def __init__(self, config: LakeConfig) -> None:
+        self.paths = config.paths
+        self.description = str(self.paths.root)
+
+    def discover(self, table: str | None = None) -> list[RunRef]:
+        return discover_runs(self.paths, table)
+
+    def verify(self, ref: RunRef, config: LakeConfig) -> VerifiedRun:
+        return verify_run(ref, config)
+
+    def archive(self, table: str, run_id: str, *, retention_days: int,
+                sync: bool = True) -> None:
+        moves.archive_run(self.paths, table, run_id, retention_days=retention_days, sync=sync)
+
+    def sync(self, tables: set[str]) -> None:
+        moves.sync_folders(self.paths, tables)
+
+    def quarantine(self, table: str, run_id: str, reason: dict[str, Any]) -> None:
+        moves.quarantine_run(self.paths, table, run_id, reason)
+
+    def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
+                        rows: pa.Table) -> None:
+        moves.quarantine_rejected_rows(self.paths, table, run_id, reason, rows)
+
+    def empty_trash(self) -> int:
+        return moves.empty_trash(self.paths)
+
+
+class ObjectArea:
+    """The staging folders under an fsspec URL; moves are copy-then-delete (module docstring).
+
+    Every listing asks the store afresh (fsspec caches listings; a stale one could miss a run
+    or a file). Errors reaching the store raise :class:`StagingUnavailableError`, never a run
+    rejection: an outage must not send good runs to quarantine. Store clients raise their own
+    exception types for network failures (botocore's are not OSErrors), so every failure
+    other than a missing object counts as unavailable (``_STORE_ERRORS``).
+    """
+
+    def __init__(self, fs: Any, base: str, description: str) -> None:
+        self.fs = fs
+        self.base = base.rstrip("/")
+        self.description = description
+
+    @classmethod
+    def at(cls, url: str, options: dict[str, Any] | None = None) -> ObjectArea:
+        import fsspec
+
+        try:
+            fs, base = fsspec.core.url_to_fs(url, **(options or {}))
+        except (ImportError, ValueError) as exc:
+            raise StagingUnavailableError(
+                f"cannot open staging_root {url!r}: {exc} (install the extra for the store, "
+                "e.g. `pip install 'lake[s3]'`)") from None
+        return cls(fs, base, url.rstrip("/"))
+
+    # -- paths ---------------------------------------------------------------------------
+    def folder(self, kind: str, table: str | None = None, run_id: str | None = None) -> str:
+        parts = [self.base, kind] + [p for p in (table, run_id) if p is not None]
+        return "/".join(parts)
+
+    def url(self, path: str) -> str:
+        """The user-facing URL of a store path (for messages and reasons)."""
+        rel = path[len(self.base):].lstrip("/")
+        return f"{self.description}/{rel}" if rel else self.description
+
+    # -- reading -------------------------------------------------------------------------
+    def listing(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (recursively) and its size."""
+        try:
+            self.fs.invalidate_cache()
+            found = self.fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        except _STORE_ERRORS as exc:
+            raise StagingUnavailableError(
+                f"cannot list {self.url(prefix)}: {exc}; nothing was moved, run the command "
+                "again when the store answers") from None
+        return {name: int(info.get("size") or 0) for name, info in found.items()
+                if info.get("type", "file") == "file"}
+
+    def runs_in(self, kind: str, table: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
+        """Objects under ``<kind>/`` grouped by (table, run folder): name within the run -> size.
+
+        A name may hold a '/' (an object nested deeper than a run's files): verification
+        rejects such runs, so they are kept rather than hidden.
+        """
+        top = self.folder(kind, table)
+        runs: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        for path, size in self.listing(top).items():
+            parts = path[len(self.folder(kind)) + 1:].split("/", 2)
+            if len(parts) < 3 or parts[0].startswith(".") or parts[1].startswith("."):
+                continue
+            runs[(parts[0], parts[1])][parts[2]] = size
+        return dict(runs)
+
+    def discover(self, table: str | None = None) -> list[RunRef]:
+        refs = [RunRef(t, r, PurePosixPath(self.folder(STAGING_DIR, t, r)), store=self,
+                       listing=tuple(sorted(names.items())))
+                for (t, r), names in self.runs_in(STAGING_DIR, table).items()
+                if MANIFEST_NAME in names]
+        refs.sort(key=lambda r: r.sort_key)
+        return refs
+
+    def uncommitted(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Run folders in staging with objects but no manifest (being written, or abandoned)."""
+        return {k: v for k, v in self.runs_in(STAGING_DIR).items() if MANIFEST_NAME not in v}
+
+    def read(self, path: str) -> bytes:
+        """One object's bytes.
+
+        Raises:
+            FileNotFoundError: there is no such object.
+            StagingUnavailableError: the store did not answer.
+        """
+        try:
+            return bytes(self.fs.cat_file(path))
+        except FileNotFoundError:
+            raise
+        except _STORE_ERRORS as exc:
+            raise StagingUnavailableError(
+                f"cannot read {self.url(path)}: {exc}; nothing was moved, run the command "
+                "again when the store answers") from None
+
+    def modified(self, path: str) -> float | None:
+        """An object's last-modified time (seconds since the epoch), if the store says."""
+        try:
+            value = self.fs.modified(path)
+        except (OSError, NotImplementedError):
+            return None
+        return float(value.timestamp()) if value is not None else None
+
+    def verify(self, ref: RunRef, config: LakeConfig) -> VerifiedRun:
+        return verify_run(ref, config)
+
+    # -- writing -------------------------------------------------------------------------
+    def put(self, path: str, data: bytes) -> None:
+        """One PUT: the object appears whole or not at all."""
+        try:
+            self.fs.pipe_file(path, data)
+        except _STORE_ERRORS as exc:
+            raise StagingUnavailableError(f"cannot write {self.url(path)}: {exc}") from None
+
+    def remove(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            try:
+                self.fs.rm_file(path)
+            except FileNotFoundError:
+                pass  # a crashed move deleted it already
+            except _STORE_ERRORS as exc:
+                raise StagingUnavailableError(f"cannot delete {self.url(path)}: {exc}") from None
+
+    def copy_run(self, kind: str, table: str, run_id: str, dst_kind: str) -> str | None:
+        """Copy a run's objects to ``<dst_kind>/<table>/<run>``, the manifest last.
+
+        Returns the destination folder, or None when the run has no objects left. A
+        destination holding another run of the same id (a different manifest) is never
+        overwritten: the copy goes to ``<run>.1``, ``<run>.2`` ...
+        """
+        src = self.folder(kind, table, run_id)
+        objects = self.runs_in(kind, table).get((table, run_id), {})
+        if not objects:
+            return None
+        manifest = self._read_or_none(f"{src}/{MANIFEST_NAME}")
+        dst = self._free_folder(dst_kind, table, run_id, manifest)
+        names = sorted(objects, key=lambda n: (n == MANIFEST_NAME, n))
+        for name in names:
+            try:
+                self.fs.copy(f"{src}/{name}", f"{dst}/{name}")
+            except FileNotFoundError:
+                continue
+            except _STORE_ERRORS as exc:
+                raise StagingUnavailableError(
+                    f"cannot copy {self.url(src)}/{name}: {exc}; the run stays in staging, "
+                    "run the command again when the store answers") from None
+        return dst
+
+    def delete_run(self, kind: str, table: str, run_id: str) -> None:
+        """Delete a run's objects, data first and the manifest last."""
+        src = self.folder(kind, table, run_id)
+        objects = self.runs_in(kind, table).get((table, run_id), {})
+        names = sorted(objects, key=lambda n: (n == MANIFEST_NAME, n))
+        self.remove(f"{src}/{name}" for name in names)
+
+    def archive(self, table: str, run_id: str, *, retention_days: int,
+                sync: bool = True) -> None:
+        if retention_days > 0:
+            self.copy_run(STAGING_DIR, table, run_id, ARCHIVE_DIR)
+        self.delete_run(STAGING_DIR, table, run_id)
+
+    def sync(self, tables: set[str]) -> None:
+        """Nothing to flush: each PUT and DELETE is durable when it returns."""
+
+    def quarantine(self, table: str, run_id: str, reason: dict[str, Any]) -> None:
+        dst = self.copy_run(STAGING_DIR, table, run_id, QUARANTINE_DIR)
+        if dst is None:
+            return
+        # The reason is in quarantine before the run leaves staging.
+        self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=str).encode())
+        self.delete_run(STAGING_DIR, table, run_id)
+
+    def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
+                        rows: pa.Table) -> None:
+        """drop_rows: the rows that were not loaded, then the reason (two PUTs; a retry
+        after a crash writes the same two objects again)."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(rows, sink)
+        dst = self.folder(QUARANTINE_DIR, table, run_id)
+        self.put(f"{dst}/{REJECTED_ROWS_NAME}", sink.getvalue().to_pybytes())
+        self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=str).encode())
+
+    def empty_trash(self) -> int:
+        """No trash on object stores: deletes are per object, and a half-deleted run keeps
+        its manifest until last, so the next load finishes it."""
+        return 0
+
+    def _read_or_none(self, path: str) -> bytes | None:
+        try:
+            return self.read(path)
+        except FileNotFoundError:
+            return None
+
+    def _free_folder(self, kind: str, table: str, run_id: str, manifest: bytes | None) -> str:
+        """The destination for a run: its own name, unless another run's copy sits there.
+
+        A folder without a manifest is this run's own partial copy (the manifest is copied
+        last) and is reused; so is one holding the same manifest.
+        """
+        n = 0
+        while True:
+            dst = self.folder(kind, table, run_id if n == 0 else f"{run_id}.{n}")
+            there = self._read_or_none(f"{dst}/{MANIFEST_NAME}")
+            if there is None or there == manifest:
+                return dst
+            n += 1
