@@ -112,6 +112,42 @@ def _atomic_write_local(path: Path, produce: Callable[[HashingWriter], object]) 
     return writer.size, writer.hexdigest()
 
 
+def write_temp(path: Path, produce: Callable[[HashingWriter], object]) -> tuple[Path, int, str]:
+    """The first half of a local atomic write: the content into ``<name>.tmp-<uuid>``.
+
+    Returns the temp path, size and sha256. Nothing is durable yet and the final name does
+    not exist: :func:`finish_temp` fsyncs and renames (possibly on another thread, so the
+    next file is encoded while this one reaches the disk).
+    """
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "xb") as raw:
+            writer = HashingWriter(raw)
+            produce(writer)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, writer.size, writer.hexdigest()
+
+
+def finish_temp(tmp: Path, path: Path) -> None:
+    """The second half: fsync the temp file, then rename it over ``path``.
+
+    The caller fsyncs the folder (once for several files) before anything depends on the
+    rename, e.g. before a run's manifest is written.
+    """
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # flushes the file's dirty pages whichever descriptor wrote them
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, fs: Any = None) -> tuple[int, str]:
     """Write ``data`` to ``path`` atomically; return its size and sha256."""
     return atomic_write(path, lambda w: w.write(data), fs=fs)

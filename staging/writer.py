@@ -11,6 +11,7 @@ import json
 import sys
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,14 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, is_local
+from lakehouse.fsio import (
+    atomic_write,
+    atomic_write_bytes,
+    finish_temp,
+    fsync_dir,
+    is_local,
+    write_temp,
+)
 from lakehouse.layout import (
     ABANDONED_NAME,
     DATA_SUFFIX,
@@ -73,6 +81,10 @@ class StagedRun:
         self.schema: pa.Schema | None = None
         self.state = "open"
         self.manifest: Manifest | None = None
+        # Local disk: files are fsynced and renamed on a background thread while the next
+        # one is encoded; commit waits for all of them before it writes the manifest.
+        self._syncer: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
         self.fs.makedirs(self.path, exist_ok=True)
         if self.local:
             fsync_dir(str(Path(self.path).parent))
@@ -96,11 +108,18 @@ class StagedRun:
             raise StagingError(f"file name {file_name!r} must be a simple name ending in .parquet")
         if any(f.name == file_name for f in self.files):
             raise StagingError(f"file {file_name!r} was already written in this run")
-        size, digest = atomic_write(
-            f"{self.path}/{file_name}",
-            lambda w: pq.write_table(table, w, compression=PARQUET_COMPRESSION),
-            fs=None if self.local else self.fs,
-        )
+        def produce(w: Any) -> None:
+            pq.write_table(table, w, compression=PARQUET_COMPRESSION)
+
+        if self.local:
+            self._raise_sync_error()
+            final = Path(self.path) / file_name
+            tmp, size, digest = write_temp(final, produce)
+            if self._syncer is None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="lake-fsync")
+            self._pending.append(self._syncer.submit(finish_temp, tmp, final))
+        else:  # one PUT under the final name
+            size, digest = atomic_write(f"{self.path}/{file_name}", produce, fs=self.fs)
         entry = FileEntry(file_name, table.num_rows, size, digest)
         self.files.append(entry)
         return entry
@@ -114,6 +133,9 @@ class StagedRun:
             self.state = "empty"
             return None
         assert self.schema is not None
+        if self.local:
+            self._wait_for_files()
+            fsync_dir(self.path)  # every data file's rename is durable before the manifest
         manifest = Manifest(
             table=self.table, run_id=self.run_id, producer=self.producer,
             created_at=self.created_at, committed_at=_now(), files=tuple(self.files),
@@ -132,6 +154,10 @@ class StagedRun:
         if self.state != "open":
             return
         self.state = "abandoned"
+        try:
+            self._wait_for_files()
+        except OSError:
+            pass  # the run is abandoned anyway; its files are never loaded
         note = {
             "run_id": self.run_id,
             "abandoned_at": _now(),
@@ -162,6 +188,22 @@ class StagedRun:
                 f"every file of a run must have one schema; first was {_describe(self.schema)}, "
                 f"this one is {_describe(schema)}"
             )
+
+    def _raise_sync_error(self) -> None:
+        """Surface a failed background fsync/rename at the next call, not at commit only."""
+        for future in self._pending:
+            if future.done() and future.exception() is not None:
+                self._wait_for_files()
+
+    def _wait_for_files(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            for future in pending:
+                future.result()
+        finally:
+            if self._syncer is not None and not self._pending:
+                self._syncer.shutdown(wait=True)
+                self._syncer = None
 
     def _remove_empty_folder(self) -> None:
         try:

@@ -109,18 +109,22 @@ def read_run(run: Path) -> pa.Table:
 
 
 def test_stage_run_writes_files_then_manifest_last(tmp_path: Path) -> None:
-    """Data files are final and durable inside the block; the manifest appears on exit."""
+    """Data files reach their final names inside the block; the manifest appears on exit.
+
+    A file is fsynced and renamed on a background thread while the next one is encoded, so
+    inside the block a file may still be under its temp name; commit waits for all of them.
+    """
     root = tmp_path / "root"
     with stage_run(root, "events", producer="web-1") as run:
         first = run.write(sample(5))
         second = run.write(sample(7, start=5))
         folder = root / "staging" / "events" / run.run_id
-        # Inside the block the files are complete under their final names, not committed.
-        assert sorted(p.name for p in folder.iterdir()) == [
-            "part-00000.parquet", "part-00001.parquet"]
+        names = sorted(p.name.split(".tmp-")[0] for p in folder.iterdir())
+        assert names == ["part-00000.parquet", "part-00001.parquet"]
         assert not (folder / MANIFEST).exists()
-        assert pq.read_table(folder / "part-00000.parquet").equals(sample(5))
-    assert (folder / MANIFEST).exists()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        MANIFEST, "part-00000.parquet", "part-00001.parquet"]
+    assert pq.read_table(folder / "part-00000.parquet").equals(sample(5))
     doc = check_committed_run(folder)
     data_mtimes = [(folder / f["name"]).stat().st_mtime_ns for f in doc["files"]]
     assert (folder / MANIFEST).stat().st_mtime_ns >= max(data_mtimes)
