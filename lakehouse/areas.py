@@ -179,6 +179,12 @@ class ObjectArea:
             runs[(parts[0], parts[1])][parts[2]] = size
         return dict(runs)
 
+    def run_objects(self, kind: str, table: str, run_id: str) -> dict[str, int]:
+        """One run folder's objects (name within the run -> size): a listing of that run's
+        prefix only, so a move costs the same however many runs share its table."""
+        src = self.folder(kind, table, run_id)
+        return {path[len(src) + 1:]: size for path, size in self.listing(src + "/").items()}
+
     def discover(self, table: str | None = None) -> list[RunRef]:
         refs = [RunRef(t, r, PurePosixPath(self.folder(STAGING_DIR, t, r)), store=self,
                        listing=tuple(sorted(names.items())))
@@ -243,7 +249,7 @@ class ObjectArea:
         overwritten: the copy goes to ``<run>.1``, ``<run>.2`` ...
         """
         src = self.folder(kind, table, run_id)
-        objects = self.runs_in(kind, table).get((table, run_id), {})
+        objects = self.run_objects(kind, table, run_id)
         if not objects:
             return None
         manifest = self._read_or_none(f"{src}/{MANIFEST_NAME}")
@@ -263,7 +269,7 @@ class ObjectArea:
     def delete_run(self, kind: str, table: str, run_id: str) -> None:
         """Delete a run's objects, data first and the manifest last."""
         src = self.folder(kind, table, run_id)
-        objects = self.runs_in(kind, table).get((table, run_id), {})
+        objects = self.run_objects(kind, table, run_id)
         names = sorted(objects, key=lambda n: (n == MANIFEST_NAME, n))
         self.remove(f"{src}/{name}" for name in names)
 
