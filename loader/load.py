@@ -20,13 +20,13 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakehouse.areas import StagingArea, staging_area
+from lakehouse.areas import LocalArea, StagingArea, staging_area
 from lakehouse.config import LakeConfig, TableContract
 from lakehouse.contracts import (
     SchemaRegistry,
@@ -98,6 +98,9 @@ class _Loader:
             config, options, wh, logger, report)
         self.paths: LakePaths = config.paths
         self.area: StagingArea = staging_area(config)
+        # Local runs are read from the page cache and hashed: as many threads as cores help.
+        # An object store is round trips: more requests in flight hide their latency.
+        self.io_threads = _VERIFY_THREADS if isinstance(self.area, LocalArea) else _REMOTE_THREADS
         self.schemas = SchemaRegistry(config)
         self.changed = False
         self.abort: LoadAbortedError | None = None
@@ -145,7 +148,7 @@ class _Loader:
         self.keys_seen, self.sums_seen = self._prefetch_ledger(table, refs)
         settings = self.config.settings
         batch = Batch()
-        for ref, verified_or_error in _verify_ahead(refs, self.config):
+        for ref, verified_or_error in _verify_ahead(refs, self.config, self.io_threads):
             self.options.stop.raise_if_set()  # a safe point: nothing of this batch committed
             if isinstance(verified_or_error, RunRejectedError):
                 batch.rejected.append((ref, verified_or_error, peek_manifest(ref), None))
@@ -173,8 +176,12 @@ class _Loader:
                          ) -> tuple[dict[str, str], dict[str, str]]:
         """Idempotency keys and file checksums already loaded: one query each per table."""
         keys, sums = [], []
-        for ref in refs:
-            manifest = peek_manifest(ref)
+        if isinstance(self.area, LocalArea):
+            manifests = [peek_manifest(ref) for ref in refs]
+        else:
+            with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
+                manifests = list(pool.map(peek_manifest, refs))
+        for manifest in manifests:
             if manifest is None:
                 continue
             if manifest.key is not None:
@@ -554,18 +561,33 @@ class _Loader:
             log.log_check(ref.table, code, passed=False, severity="warn", message=message,
                           metrics={"run_id": ref.run_id})
 
+    def _archive_in_parallel(self, refs: list[RunRef], retention: int) -> None:
+        """Object stores: move runs concurrently (each run's copy-then-delete stays in order);
+        a move is a handful of round trips, so one at a time would be latency-bound."""
+        with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
+            futures = [pool.submit(self.area.archive, ref.table, ref.run_id,
+                                   retention_days=retention) for ref in refs]
+            for done, future in enumerate(as_completed(futures)):
+                future.result()
+                if done == 0:
+                    self.crash("mid_archive")
+
     def _move(self, batch: Batch) -> None:
         """Ordering rule 4: runs leave staging only after their ledger rows committed."""
         retention = self.config.settings.retention_days
         moved = 0
         tables = set()
+        if not isinstance(self.area, LocalArea):
+            self._archive_in_parallel([run.verified.ref for run in batch.accepted]
+                                      + [ref for ref, _, _, _ in batch.skipped], retention)
         for run in batch.accepted:
             ref = run.verified.ref
             # No fsync per run: the ledger committed, so a lost rename is redone next load.
-            self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
+            if isinstance(self.area, LocalArea):
+                self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
             tables.add(ref.table)
             moved += 1
-            if moved == 1:
+            if moved == 1 and isinstance(self.area, LocalArea):
                 self.crash("mid_archive")
             self.emit(RunOutcome(ref.table, ref.run_id, "loaded", run.data.num_rows,
                                  0 if run.rejected_rows is None else run.rejected_rows.num_rows,
@@ -573,7 +595,8 @@ class _Loader:
                                  None if run.rejected_rows is None else
                                  f"{run.rejected_rows.num_rows} invalid rows quarantined"))
         for ref, _manifest, code, message in batch.skipped:
-            self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
+            if isinstance(self.area, LocalArea):
+                self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
             tables.add(ref.table)
             self.emit(RunOutcome(ref.table, ref.run_id, "skipped", reason_code=code,
                                  message=message))
@@ -697,9 +720,10 @@ def _dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
 
 
 _VERIFY_THREADS = max(2, min(8, os.cpu_count() or 2))
+_REMOTE_THREADS = 16
 
 
-def _verify_ahead(refs: list[RunRef], config: LakeConfig
+def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY_THREADS
                   ) -> Iterator[tuple[RunRef, VerifiedRun | RunRejectedError]]:
     """Verify runs on a few threads, yielding them in order, at most a few runs ahead.
 
@@ -712,8 +736,8 @@ def _verify_ahead(refs: list[RunRef], config: LakeConfig
         except RunRejectedError as exc:
             return exc
 
-    ahead = _VERIFY_THREADS * 4
-    with ThreadPoolExecutor(max_workers=_VERIFY_THREADS) as pool:
+    ahead = threads * 4
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque[tuple[RunRef, Future[VerifiedRun | RunRejectedError]]] = deque()
         for ref in refs:
             pending.append((ref, pool.submit(verify, ref)))
