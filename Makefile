@@ -8,8 +8,11 @@ ROOT ?= data
 PYTEST_ARGS ?=
 SLOW_ITERATIONS ?= 5
 SLOW_EXAMPLES ?= 40
+# make chaos: how long, and the seed of every random choice (docs/RELIABILITY.md).
+CHAOS_MINUTES ?= 2
+CHAOS_SEED ?= 1
 
-.PHONY: install demo test test-slow bench bench-smoke lint typecheck clean
+.PHONY: install demo test test-slow chaos bench bench-smoke lint typecheck clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +38,11 @@ test: install
 test-slow: install
 	LAKE_SLOW_ITERATIONS=$(SLOW_ITERATIONS) LAKE_SLOW_EXAMPLES=$(SLOW_EXAMPLES) \
 		$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+## chaos: producers, loaders, compaction, cleanup and readers at once, killed at random, then
+## every invariant checked against the reference model (docs/RELIABILITY.md).
+chaos: install
+	$(BIN)/python -m benchmarks.chaos --minutes $(CHAOS_MINUTES) --seed $(CHAOS_SEED)
 
 ## bench: benchmarks against raw DuckDB and dlt; writes docs/BENCHMARKS.md (several minutes).
 bench: install
