@@ -17,13 +17,20 @@ Object stores have no rename, so the protocol changes and the invariants do not:
   one place, and while its manifest is still in staging the next load finds the run, sees the
   ledger row, and finishes the move (invariant 6). Copying again is harmless: a committed run's
   objects never change, so the destination gets the same bytes.
+
+`lake cleanup`, `lake quarantine` and `lake audit` read the bucket the same way: one recursive
+listing per folder (:meth:`ObjectArea.runs_detail`, which carries each object's last-modified
+time, so ages need no request per object), and small objects read concurrently
+(:meth:`ObjectArea.read_many`).
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
@@ -45,6 +52,18 @@ from lakehouse.staged import RunRef, VerifiedRun, discover_runs, verify_run
 
 # What a store client may raise when the store is down or refuses (see ObjectArea).
 _STORE_ERRORS = (Exception,)
+# How a listing entry names an object's last-modified time, by store: s3fs, adlfs, gcsfs and
+# fsspec's local and memory file systems.
+_MODIFIED_KEYS = ("LastModified", "last_modified", "updated", "mtime", "modified", "created")
+_BULK_DELETE = 1000  # keys per bulk delete request (S3's DeleteObjects maximum)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing reports it."""
+
+    size: int
+    modified: float | None  # last-modified, seconds since the epoch, by the store's clock
 
 
 class StagingUnavailableError(LakehouseError):
@@ -126,6 +145,13 @@ class ObjectArea:
         self.fs = fs
         self.base = base.rstrip("/")
         self.description = description
+        # Tests only: called at named points of a move ("mid_copy", "copied", "reason",
+        # "mid_delete") so a crash test can SIGKILL the process exactly there.
+        self.step: Callable[[str], None] | None = None
+
+    def _step(self, point: str) -> None:
+        if self.step is not None:
+            self.step(point)
 
     @classmethod
     def at(cls, url: str, options: dict[str, Any] | None = None) -> ObjectArea:
@@ -150,8 +176,13 @@ class ObjectArea:
         return f"{self.description}/{rel}" if rel else self.description
 
     # -- reading -------------------------------------------------------------------------
-    def listing(self, prefix: str) -> dict[str, int]:
-        """Every object under ``prefix`` (recursively) and its size."""
+    def objects(self, prefix: str) -> dict[str, StoredObject]:
+        """Every object under ``prefix`` (recursively), its size and last-modified time.
+
+        One paginated listing (S3 returns 1,000 keys a request), never a request per object.
+        ``modified`` is None when the store's listing carries no times (see
+        :meth:`last_modified`).
+        """
         try:
             self.fs.invalidate_cache()
             found = self.fs.find(prefix, detail=True)
@@ -161,8 +192,16 @@ class ObjectArea:
             raise StagingUnavailableError(
                 f"cannot list {self.url(prefix)}: {exc}; nothing was moved, run the command "
                 "again when the store answers") from None
-        return {name: int(info.get("size") or 0) for name, info in found.items()
-                if info.get("type", "file") == "file"}
+        out: dict[str, StoredObject] = {}
+        for name, info in found.items():
+            if info.get("type", "file") != "file":
+                continue
+            out[name] = StoredObject(int(info.get("size") or 0), _modified(info))
+        return out
+
+    def listing(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` (recursively) and its size."""
+        return {name: obj.size for name, obj in self.objects(prefix).items()}
 
     def runs_in(self, kind: str, table: str | None = None) -> dict[tuple[str, str], dict[str, int]]:
         """Objects under ``<kind>/`` grouped by (table, run folder): name within the run -> size.
@@ -170,13 +209,19 @@ class ObjectArea:
         A name may hold a '/' (an object nested deeper than a run's files): verification
         rejects such runs, so they are kept rather than hidden.
         """
-        top = self.folder(kind, table)
-        runs: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-        for path, size in self.listing(top).items():
+        return {run: {name: obj.size for name, obj in names.items()}
+                for run, names in self.runs_detail(kind, table).items()}
+
+    def runs_detail(self, kind: str, table: str | None = None
+                    ) -> dict[tuple[str, str], dict[str, StoredObject]]:
+        """Like :meth:`runs_in`, with each object's size and last-modified time (one listing
+        of ``<kind>/``, or of ``<kind>/<table>/``)."""
+        runs: dict[tuple[str, str], dict[str, StoredObject]] = defaultdict(dict)
+        for path, obj in self.objects(self.folder(kind, table)).items():
             parts = path[len(self.folder(kind)) + 1:].split("/", 2)
             if len(parts) < 3 or parts[0].startswith(".") or parts[1].startswith("."):
                 continue
-            runs[(parts[0], parts[1])][parts[2]] = size
+            runs[(parts[0], parts[1])][parts[2]] = obj
         return dict(runs)
 
     def run_objects(self, kind: str, table: str, run_id: str) -> dict[str, int]:
@@ -186,10 +231,14 @@ class ObjectArea:
         return {path[len(src) + 1:]: size for path, size in self.listing(src + "/").items()}
 
     def discover(self, table: str | None = None) -> list[RunRef]:
+        return self.committed(self.runs_detail(STAGING_DIR, table))
+
+    def committed(self, runs: dict[tuple[str, str], dict[str, StoredObject]]) -> list[RunRef]:
+        """The committed runs (with a manifest) of a :meth:`runs_detail` listing of staging,
+        oldest first."""
         refs = [RunRef(t, r, PurePosixPath(self.folder(STAGING_DIR, t, r)), store=self,
-                       listing=tuple(sorted(names.items())))
-                for (t, r), names in self.runs_in(STAGING_DIR, table).items()
-                if MANIFEST_NAME in names]
+                       listing=tuple(sorted((n, o.size) for n, o in names.items())))
+                for (t, r), names in runs.items() if MANIFEST_NAME in names]
         refs.sort(key=lambda r: r.sort_key)
         return refs
 
@@ -213,6 +262,26 @@ class ObjectArea:
                 f"cannot read {self.url(path)}: {exc}; nothing was moved, run the command "
                 "again when the store answers") from None
 
+    def read_many(self, paths: list[str]) -> dict[str, bytes]:
+        """Many small objects at once (the store client fetches them concurrently); a missing
+        one is left out.
+
+        Raises:
+            StagingUnavailableError: the store did not answer.
+        """
+        if not paths:
+            return {}
+        try:
+            found = self.fs.cat(paths, on_error="omit")
+        except _STORE_ERRORS as exc:
+            raise StagingUnavailableError(
+                f"cannot read {self.url(paths[0])} and {len(paths) - 1} more: {exc}; run the "
+                "command again when the store answers") from None
+        if not isinstance(found, dict):  # one path: some stores return its bytes directly
+            found = {paths[0]: found}
+        return {path: bytes(data) for path, data in found.items()
+                if isinstance(data, bytes | bytearray | memoryview)}
+
     def modified(self, path: str) -> float | None:
         """An object's last-modified time (seconds since the epoch), if the store says."""
         try:
@@ -220,6 +289,20 @@ class ObjectArea:
         except (OSError, NotImplementedError):
             return None
         return float(value.timestamp()) if value is not None else None
+
+    def last_modified(self, path: str, obj: StoredObject) -> float | None:
+        """A listed object's last-modified time: from the listing, else asked of the store."""
+        return obj.modified if obj.modified is not None else self.modified(path)
+
+    def newest(self, folder: str, objects: dict[str, StoredObject],
+               name: str | None = None) -> datetime | None:
+        """When a listed run folder's object ``name`` (by default, its newest object) was
+        last modified; None when it is not there or the store gives no time."""
+        if name is not None:
+            objects = {name: objects[name]} if name in objects else {}
+        stamps = [self.last_modified(f"{folder}/{n}", obj) for n, obj in objects.items()]
+        known = [t for t in stamps if t is not None]
+        return datetime.fromtimestamp(max(known), UTC) if known else None
 
     def verify(self, ref: RunRef, config: LakeConfig) -> VerifiedRun:
         return verify_run(ref, config)
@@ -241,6 +324,24 @@ class ObjectArea:
             except _STORE_ERRORS as exc:
                 raise StagingUnavailableError(f"cannot delete {self.url(path)}: {exc}") from None
 
+    def remove_many(self, paths: list[str]) -> None:
+        """Delete many objects with bulk requests (S3: 1,000 keys each), in no set order.
+
+        Callers keep an order across calls (every data object, then every manifest). Bulk
+        deletes report failures per key and store clients may drop those reports, so a
+        caller that must know lists again.
+        """
+        for start in range(0, len(paths), _BULK_DELETE):
+            chunk = paths[start:start + _BULK_DELETE]
+            try:
+                self.fs.rm(chunk)
+            except FileNotFoundError:
+                self.remove(chunk)  # a store that checks first: one by one, missing ones skipped
+            except _STORE_ERRORS as exc:
+                raise StagingUnavailableError(
+                    f"cannot delete {self.url(chunk[0])} and {len(chunk) - 1} more: {exc}; "
+                    "run the command again when the store answers") from None
+
     def copy_run(self, kind: str, table: str, run_id: str, dst_kind: str) -> str | None:
         """Copy a run's objects to ``<dst_kind>/<table>/<run>``, the manifest last.
 
@@ -252,26 +353,42 @@ class ObjectArea:
         objects = self.run_objects(kind, table, run_id)
         if not objects:
             return None
-        manifest = self._read_or_none(f"{src}/{MANIFEST_NAME}")
+        manifest = self.read_or_none(f"{src}/{MANIFEST_NAME}")
         dst = self._free_folder(dst_kind, table, run_id, manifest)
-        names = sorted(objects, key=lambda n: (n == MANIFEST_NAME, n))
-        for name in names:
+        self.copy_objects(src, dst, objects)
+        return dst
+
+    def copy_objects(self, src: str, dst: str, names: Iterable[str]) -> None:
+        """Copy objects of one run folder into another: data first, the manifest last, so a
+        destination that holds the manifest is complete. A source object gone meanwhile (a
+        crashed move deleted it after copying it) is skipped."""
+        ordered = sorted(names, key=move_order)
+        for done, name in enumerate(ordered, start=1):
             try:
                 self.fs.copy(f"{src}/{name}", f"{dst}/{name}")
             except FileNotFoundError:
                 continue
             except _STORE_ERRORS as exc:
                 raise StagingUnavailableError(
-                    f"cannot copy {self.url(src)}/{name}: {exc}; the run stays in staging, "
+                    f"cannot copy {self.url(src)}/{name}: {exc}; the run stays where it was, "
                     "run the command again when the store answers") from None
-        return dst
+            self._step("copied" if done == len(ordered) else "mid_copy")
 
     def delete_run(self, kind: str, table: str, run_id: str) -> None:
         """Delete a run's objects, data first and the manifest last."""
         src = self.folder(kind, table, run_id)
-        objects = self.run_objects(kind, table, run_id)
-        names = sorted(objects, key=lambda n: (n == MANIFEST_NAME, n))
-        self.remove(f"{src}/{name}" for name in names)
+        self.delete_objects(src, self.run_objects(kind, table, run_id))
+
+    def delete_objects(self, folder: str, names: Iterable[str], *,
+                       order: Callable[[str], Any] | None = None) -> None:
+        """Delete objects of one run folder one by one: data first, then the markers, the
+        manifest last (while it exists the run is still found where it was), or in the
+        ``order`` a caller gives."""
+        ordered = sorted(names, key=order or move_order)
+        for done, name in enumerate(ordered, start=1):
+            self.remove([f"{folder}/{name}"])
+            if done < len(ordered):
+                self._step("mid_delete")
 
     def archive(self, table: str, run_id: str, *, retention_days: int,
                 sync: bool = True) -> None:
@@ -288,6 +405,7 @@ class ObjectArea:
             return
         # The reason is in quarantine before the run leaves staging.
         self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=str).encode())
+        self._step("reason")
         self.delete_run(STAGING_DIR, table, run_id)
 
     def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
@@ -305,7 +423,8 @@ class ObjectArea:
         its manifest until last, so the next load finishes it."""
         return 0
 
-    def _read_or_none(self, path: str) -> bytes | None:
+    def read_or_none(self, path: str) -> bytes | None:
+        """One object's bytes, or None when there is no such object."""
         try:
             return self.read(path)
         except FileNotFoundError:
@@ -320,7 +439,29 @@ class ObjectArea:
         n = 0
         while True:
             dst = self.folder(kind, table, run_id if n == 0 else f"{run_id}.{n}")
-            there = self._read_or_none(f"{dst}/{MANIFEST_NAME}")
+            there = self.read_or_none(f"{dst}/{MANIFEST_NAME}")
             if there is None or there == manifest:
                 return dst
             n += 1
+
+
+def move_order(name: str) -> tuple[bool, bool, str]:
+    """The order a run's objects are copied and deleted in: data files, then the other
+    markers, then ``_reason.json``, and ``_manifest.json`` last."""
+    return (name == MANIFEST_NAME, name == REASON_NAME, name)
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """The last-modified time in a listing entry, as seconds since the epoch."""
+    for key in _MODIFIED_KEYS:
+        value = info.get(key)
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None

@@ -4,6 +4,11 @@ The audit never takes the warehouse lock and never opens ``lake.duckdb``: DuckDB
 would block the loader even for a read-only open. It reads the published snapshot
 ``lake.read.duckdb`` and only ``stat``s the live file. The payload is stable JSON, documented
 key by key in ``docs/AUDIT.md``; every problem carries a severity, a code and a fix.
+
+With staging in an object store (``[lake] staging_root``) the staging, quarantine and archive
+parts come from three listings of the bucket (with each object's last-modified time, where
+the local audit reads mtimes and ctimes) and one concurrent read of the quarantine reasons;
+their paths are URLs. The warehouse part is local as always.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse import layout
+from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, open_warehouse, quote
 from lakehouse.errors import LakehouseError
@@ -27,8 +33,8 @@ from lakehouse.observability import HEALTH_QUERIES
 from lakehouse.staged import RunRef, discover_runs, uncommitted_runs
 
 AUDIT_VERSION = 1
-AUDIT_KEYS = ("audit_version", "generated_at", "root", "warehouse", "tables", "staging",
-              "quarantine", "ledger", "runs", "problems", "summary")
+AUDIT_KEYS = ("audit_version", "generated_at", "root", "staging_root", "warehouse", "tables",
+              "staging", "quarantine", "ledger", "runs", "problems", "summary")
 SEVERITIES = ("error", "warn", "info")
 PROBLEM_KEYS = ("severity", "code", "message", "fix")
 # Every code the audit emits, with its severity; docs/AUDIT.md lists the same (a test checks).
@@ -38,7 +44,7 @@ PROBLEM_CODES = {
     "snapshot_behind": "warn", "stale_table": "warn", "loader_stale": "warn", "backlog": "warn",
     "abandoned_runs": "warn", "stray_temp_files": "warn", "quarantined_runs": "warn",
     "ledger_unfinished_move": "warn", "failed_runs_7d": "warn", "free_space": "warn",
-    "undeclared_table": "warn", "table_empty": "info",
+    "undeclared_table": "warn", "table_empty": "info", "staging_unavailable": "error",
 }
 _KEYED_MERGES = ("append", "upsert")  # replace_partition makes no promise about keys
 
@@ -53,6 +59,10 @@ class AuditThresholds:
     temp_file_hours: float = 1.0  # a *.tmp-* file older than this is stray
     free_ratio: float = 0.5  # free blocks / total blocks above this ...
     compact_min_bytes: int = 64 * 1024 * 1024  # ... in a file larger than this: compact
+    # Staging in an object store: an archived object's time is the store's clock and the
+    # snapshot's mtime the loader's, so a run archived this close before the snapshot may be
+    # newer than it (snapshot_behind), not missing from its ledger (archive_not_in_ledger).
+    clock_skew_minutes: float = 5.0
 
 
 @dataclass
@@ -82,8 +92,9 @@ class AuditReport:
                    for k, title in (("committed", "committed runs waiting:"),
                                     ("uncommitted", "uncommitted runs:"),
                                     ("temp_files", "temp files:"))]
+        staged_in = f" (staging in {p['staging_root']})" if p["staging_root"] else ""
         return "\n".join([
-            f"Lake audit of {p['root']} at {p['generated_at']}: {s['error']} error(s), "
+            f"Lake audit of {p['root']}{staged_in} at {p['generated_at']}: {s['error']} error(s), "
             f"{s['warn']} warning(s), {s['info']} info",
             "warehouse:", f"  {wh['path']} {_size(wh['size_bytes'])}; {snap['path']} "
             f"{_size(snap['size_bytes'])}, published {_age(snap['age_hours'])} ago; {blocks}; "
@@ -104,10 +115,44 @@ class AuditReport:
 
 def audit_lake(config: LakeConfig, *, now: datetime | None = None,
                thresholds: AuditThresholds | None = None) -> AuditReport:
-    """Audit a lake root read-only, from the published snapshot and the files on disk."""
+    """Audit a lake root read-only, from the published snapshot and the files on disk (and
+    the object store holding staging, if ``[lake] staging_root`` names one)."""
     when = now or datetime.now(UTC)
     when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
     return _Audit(config, when, thresholds or AuditThresholds()).run()
+
+
+@dataclass
+class _Bucket:
+    """One look at staging, quarantine and archive in an object store: each a listing of
+    (table, run folder) -> objects, plus the quarantine reasons' text."""
+
+    store: ObjectArea
+    staging: dict[tuple[str, str], dict[str, StoredObject]] = field(default_factory=dict)
+    quarantine: dict[tuple[str, str], dict[str, StoredObject]] = field(default_factory=dict)
+    archive: dict[tuple[str, str], dict[str, StoredObject]] = field(default_factory=dict)
+    reasons: dict[str, bytes] = field(default_factory=dict)
+
+    def read(self) -> None:
+        """List the three folders (one paginated listing each) and read every reason at once.
+
+        Raises:
+            StagingUnavailableError: the store did not answer.
+        """
+        store = self.store
+        self.staging = store.runs_detail(layout.STAGING_DIR)
+        self.quarantine = {k: v for k, v in store.runs_detail(layout.QUARANTINE_DIR).items()
+                           if not layout.is_temp_name(k[1])}
+        self.archive = {k: v for k, v in store.runs_detail(layout.ARCHIVE_DIR).items()
+                        if not layout.is_temp_name(k[1])}
+        self.reasons = store.read_many([
+            f"{store.folder(layout.QUARANTINE_DIR, t, r)}/{layout.REASON_NAME}"
+            for (t, r), names in self.quarantine.items() if layout.REASON_NAME in names])
+
+    def time(self, kind: str, table: str, run: str, name: str | None = None) -> datetime | None:
+        """When one object of a listed run (``name``), or its newest, was last modified."""
+        objects = getattr(self, kind).get((table, run), {})
+        return self.store.newest(self.store.folder(kind, table, run), objects, name)
 
 
 @dataclass
@@ -116,6 +161,7 @@ class _Audit:
     now: datetime
     limits: AuditThresholds
     problems: list[dict[str, Any]] = field(default_factory=list)
+    bucket: _Bucket | None = None  # staging in an object store: what the audit listed there
 
     def problem(self, code: str, message: str, fix: str, **context: Any) -> None:
         self.problems.append({"severity": context.pop("severity", PROBLEM_CODES[code]),
@@ -129,6 +175,17 @@ class _Audit:
 
     def age(self, since: datetime) -> float:
         return round((self.now - _aware(since)).total_seconds() / 3600, 2)
+
+    def store_age(self, since: datetime) -> float:
+        """The age of a store's time: never below 0 (its clock may run ahead of ours)."""
+        return max(self.age(since), 0.0)
+
+    def where(self, ref: RunRef) -> str:
+        """A staged run's path: relative to the root, or its URL in an object store."""
+        if ref.store is None:
+            return self.rel(ref.local_path)
+        url: str = ref.store.url(str(ref.path))
+        return url
 
     def run(self) -> AuditReport:
         paths = self.config.paths
@@ -144,7 +201,19 @@ class _Audit:
                          "size_bytes": snap.st_size if snap else None,
                          "published_at": _iso(_mtime(snap)), "age_hours": self.hours(_mtime(snap))},
             "database": None, "schema_version": None, "latest_schema_version": LATEST_VERSION}
-        staged = discover_runs(paths)
+        area = staging_area(self.config)
+        if isinstance(area, ObjectArea):
+            self.bucket = _Bucket(area)
+            try:
+                self.bucket.read()
+            except StagingUnavailableError as exc:
+                self.bucket = _Bucket(area)  # audited as empty, with the problem
+                self.problem("staging_unavailable", str(exc), "check the staging_root URL, "
+                             "the store's credentials and the network; lake audit again",
+                             path=area.description)
+            staged = area.committed(self.bucket.staging)
+        else:
+            staged = discover_runs(paths)
         inside: dict[str, Any] = {"tables": {}, "ledger": {"checked": False}, "runs": {}}
         if snap is None:
             self.problem("snapshot_missing", f"no published snapshot at {snap_path}: the "
@@ -166,7 +235,8 @@ class _Audit:
                              "warehouse/backups/)", path=warehouse["path"])
         moving = {m["run_id"] for m in inside["ledger"].get("unfinished_moves", [])}
         payload = {"audit_version": AUDIT_VERSION, "generated_at": _iso(self.now),
-                   "root": str(paths.root), "warehouse": warehouse, "tables": inside["tables"],
+                   "root": str(paths.root), "staging_root": self.config.settings.staging_root,
+                   "warehouse": warehouse, "tables": inside["tables"],
                    "staging": self.staging([r for r in staged if r.run_id not in moving]),
                    "quarantine": self.quarantine(), "ledger": inside["ledger"],
                    "runs": inside["runs"]}
@@ -279,11 +349,14 @@ class _Audit:
         entries = ledger_entries(wh, [(r.table, r.run_id) for r in staged])
         unfinished = [{"table": r.table, "run_id": r.run_id,
                        "status": entries[(r.table, r.run_id)].status,
-                       "path": self.rel(r.local_path)} for r in staged
+                       "path": self.where(r)} for r in staged
                       if (r.table, r.run_id) in entries]
         for item in unfinished:
             self.problem("ledger_unfinished_move", f"the ledger says run {item['run_id']} was "
                          f"{item['status']}, but it is still in staging", "lake load", **item)
+        if self.bucket is not None:
+            return self.ledger_in_store(wh, self.bucket, by_status, newest, unfinished,
+                                        snap_time, holder)
         archived = _run_folders(self.config.paths.archive)
         known = ledger_entries(wh, sorted({(table, run_id) for table, run_id, _ in archived}))
         missing: list[dict[str, Any]] = []
@@ -303,15 +376,54 @@ class _Audit:
                          "ledger: its rows may be missing from the warehouse",
                          f"mv {item['path']} staging/{item['table']}/{item['run_id']} && "
                          "lake load", **item)
+        self.report_behind(behind, holder)
+        return {"checked": True, "runs_by_status": by_status, "newest_recorded_at": _iso(newest),
+                "archived_runs": len(archived), "unfinished_moves": unfinished,
+                "archive_not_in_ledger": missing, "archived_after_snapshot": behind}
+
+    def ledger_in_store(self, wh: Warehouse, bucket: _Bucket, by_status: dict[str, int],
+                        newest: datetime | None, unfinished: list[dict[str, Any]],
+                        snap_time: datetime | None, holder: dict[str, Any] | None
+                        ) -> dict[str, Any]:
+        """The archive half of :meth:`ledger` for an object store: a run's archive time is
+        its archived manifest's last-modified time (copied last by the move), where the local
+        audit reads the folder's ctime."""
+        store = bucket.store
+        archived = [(t, _run_id_of_folder(r), r) for t, r in sorted(bucket.archive)]
+        known = ledger_entries(wh, sorted({(table, run_id) for table, run_id, _ in archived}))
+        missing: list[dict[str, Any]] = []
+        behind: list[dict[str, Any]] = []
+        for table, run_id, name in archived:
+            if (table, run_id) in known:
+                continue
+            moved = (bucket.time(layout.ARCHIVE_DIR, table, name, layout.MANIFEST_NAME)
+                     or bucket.time(layout.ARCHIVE_DIR, table, name))  # no manifest yet: copying
+            if moved is None:
+                continue
+            item = {"table": table, "run_id": run_id,
+                    "path": store.url(store.folder(layout.ARCHIVE_DIR, table, name))}
+            skew = timedelta(minutes=self.limits.clock_skew_minutes)
+            late = snap_time is not None and moved >= snap_time - skew
+            (behind if late else missing).append(item)
+        for item in missing:
+            target = store.url(store.folder(layout.STAGING_DIR, item["table"], item["run_id"]))
+            self.problem("archive_not_in_ledger", f"archived run {item['run_id']} is not in the "
+                         "ledger: its rows may be missing from the warehouse",
+                         f"copy every object of {item['path']}/ to {target}/ (_manifest.json "
+                         "last), delete the archived copy, then lake load", **item)
+        self.report_behind(behind, holder)
+        return {"checked": True, "runs_by_status": by_status, "newest_recorded_at": _iso(newest),
+                "archived_runs": len(archived), "unfinished_moves": unfinished,
+                "archive_not_in_ledger": missing, "archived_after_snapshot": behind}
+
+    def report_behind(self, behind: list[dict[str, Any]], holder: dict[str, Any] | None) -> None:
+        """Archived runs newer than the snapshot: a load that has not published yet."""
         if behind:
             self.problem("snapshot_behind", f"{len(behind)} archived run(s) are newer than the "
                          "snapshot" + ("; a load is running" if holder else ""),
                          "wait for the load to publish; if it persists: "
                          "rm warehouse/lake.read.duckdb && lake init",
                          severity="info" if holder else "warn", count=len(behind), **behind[0])
-        return {"checked": True, "runs_by_status": by_status, "newest_recorded_at": _iso(newest),
-                "archived_runs": len(archived), "unfinished_moves": unfinished,
-                "archive_not_in_ledger": missing, "archived_after_snapshot": behind}
 
     def runs(self, wh: Warehouse, live: os.stat_result | None,
              snap_time: datetime | None) -> dict[str, Any]:
@@ -346,24 +458,24 @@ class _Audit:
     def staging(self, waiting: list[RunRef]) -> dict[str, Any]:
         """Committed runs waiting, uncommitted runs, stray temp files."""
         limit = self.limits.backlog_hours
-        # Waiting since its manifest was written (the commit); gone meanwhile: just loaded.
-        stamped = [(_mtime(_stat(r.local_path / layout.MANIFEST_NAME)), r) for r in waiting]
-        ages = sorted([(self.age(t), r) for t, r in stamped if t], key=lambda x: -x[0])
+        if self.bucket is not None:
+            # Waiting since its manifest was PUT (the commit), by the store's clock.
+            bucket = self.bucket
+            stamped = [(bucket.time(layout.STAGING_DIR, r.table, r.run_id, layout.MANIFEST_NAME),
+                        r) for r in waiting]
+            ages = sorted([(self.store_age(t), r) for t, r in stamped if t], key=lambda x: -x[0])
+        else:
+            # Waiting since its manifest was written (the commit); gone meanwhile: just loaded.
+            stamped = [(_mtime(_stat(r.local_path / layout.MANIFEST_NAME)), r) for r in waiting]
+            ages = sorted([(self.age(t), r) for t, r in stamped if t], key=lambda x: -x[0])
         late = [(a, r) for a, r in ages if a > limit]
         if late:
             self.problem("backlog", f"{len(late)} committed run(s) waited over {limit:g} h "
                          f"(oldest {late[0][0]:.1f} h)", "lake load", count=len(late),
                          table=late[0][1].table, run_id=late[0][1].run_id)
         by_table = Counter(r.table for _, r in ages)
-        uncommitted: list[dict[str, Any]] = []
-        for folder in uncommitted_runs(self.config.paths):
-            # Its age is its last activity, temp files included (as `lake cleanup` counts it).
-            seen = [t for t in (_mtime(_stat(p)) for p in [folder, *_entries(folder)]) if t]
-            if seen:  # gone meanwhile: a loader or cleanup moved it
-                uncommitted.append({
-                    "table": folder.parent.name, "run_id": folder.name, "path": self.rel(folder),
-                    "age_hours": self.age(max(seen)),
-                    "abandoned_marker": (folder / layout.ABANDONED_NAME).exists()})
+        uncommitted = (self.uncommitted_in_store(self.bucket) if self.bucket is not None
+                       else self.uncommitted_on_disk())
         uncommitted.sort(key=lambda u: (-u["age_hours"], u["path"]))
         abandon = self.config.settings.abandon_after_hours
         old = [u for u in uncommitted if u["age_hours"] > abandon]
@@ -384,6 +496,35 @@ class _Audit:
                 "temp_files": {"count": len(temps), "files": temps,
                                "oldest_age_hours": temps[0]["age_hours"] if temps else None}}
 
+    def uncommitted_on_disk(self) -> list[dict[str, Any]]:
+        """Run folders in ``staging/`` without a manifest, with the age of their last write."""
+        uncommitted: list[dict[str, Any]] = []
+        for folder in uncommitted_runs(self.config.paths):
+            # Its age is its last activity, temp files included (as `lake cleanup` counts it).
+            seen = [t for t in (_mtime(_stat(p)) for p in [folder, *_entries(folder)]) if t]
+            if seen:  # gone meanwhile: a loader or cleanup moved it
+                uncommitted.append({
+                    "table": folder.parent.name, "run_id": folder.name, "path": self.rel(folder),
+                    "age_hours": self.age(max(seen)),
+                    "abandoned_marker": (folder / layout.ABANDONED_NAME).exists()})
+        return uncommitted
+
+    def uncommitted_in_store(self, bucket: _Bucket) -> list[dict[str, Any]]:
+        """Run folders in the bucket's staging without a manifest; a run's age is its newest
+        object's (its last PUT), as `lake cleanup` counts it."""
+        found: list[dict[str, Any]] = []
+        for (table, run_id), names in bucket.staging.items():
+            last = (None if layout.MANIFEST_NAME in names
+                    else bucket.time(layout.STAGING_DIR, table, run_id))
+            if last is not None:
+                found.append({
+                    "table": table, "run_id": run_id,
+                    "path": bucket.store.url(bucket.store.folder(layout.STAGING_DIR, table,
+                                                                 run_id)),
+                    "age_hours": self.store_age(last),
+                    "abandoned_marker": layout.ABANDONED_NAME in names})
+        return found
+
     def temp_files(self) -> list[dict[str, Any]]:
         """Every ``*.tmp-*`` file or folder, oldest first, where `lake cleanup` looks."""
         found: list[dict[str, Any]] = []
@@ -400,6 +541,8 @@ class _Audit:
 
     def quarantine(self) -> dict[str, Any]:
         """Quarantined runs per table: count, oldest, reason codes."""
+        if self.bucket is not None:
+            return self.quarantine_in_store(self.bucket)
         tables: dict[str, Any] = {}
         for table, run_id, path in _run_folders(self.config.paths.quarantine):
             entry = tables.setdefault(table, {"runs": 0, "oldest_run_id": None,
@@ -414,6 +557,32 @@ class _Audit:
             age = self.hours(parts.created_at if parts else _mtime(_stat(path)))
             if age is not None and age > (entry["oldest_age_hours"] or -1.0):
                 entry["oldest_run_id"], entry["oldest_age_hours"] = run_id, age
+        return self.report_quarantine(tables)
+
+    def quarantine_in_store(self, bucket: _Bucket) -> dict[str, Any]:
+        """:meth:`quarantine` from the bucket's listing and the reasons read with it."""
+        tables: dict[str, Any] = {}
+        for table, name in sorted(bucket.quarantine):
+            run_id = _run_id_of_folder(name)
+            entry = tables.setdefault(table, {"runs": 0, "oldest_run_id": None,
+                                              "oldest_age_hours": None, "reasons": {}})
+            entry["runs"] += 1
+            reason_path = (f"{bucket.store.folder(layout.QUARANTINE_DIR, table, name)}/"
+                           f"{layout.REASON_NAME}")
+            try:
+                code = str(json.loads(bucket.reasons[reason_path])["code"])
+            except (KeyError, ValueError, TypeError):
+                code = "unknown"
+            entry["reasons"][code] = entry["reasons"].get(code, 0) + 1
+            parts = layout.parse_run_id(run_id)
+            since = parts.created_at if parts else bucket.time(layout.QUARANTINE_DIR, table, name)
+            age = None if since is None else self.store_age(since)
+            if age is not None and age > (entry["oldest_age_hours"] or -1.0):
+                entry["oldest_run_id"], entry["oldest_age_hours"] = run_id, age
+        return self.report_quarantine(tables)
+
+    def report_quarantine(self, tables: dict[str, Any]) -> dict[str, Any]:
+        """One ``quarantined_runs`` problem per table, and the section's payload."""
         for table, entry in tables.items():
             self.problem("quarantined_runs", f"{entry['runs']} run(s) of {table} in quarantine "
                          f"({', '.join(sorted(entry['reasons']))})", "lake quarantine list",
@@ -428,12 +597,16 @@ def _run_folders(base: Path) -> list[tuple[str, str, Path]]:
     for table_dir in _children(base):
         if table_dir.is_dir() and not table_dir.is_symlink():
             for run in _children(table_dir):
-                name = run.name
-                # A second copy of a run is kept as <run_id>.N (evidence is never overwritten).
-                if layout.parse_run_id(name) is None and name.rpartition(".")[2].isdigit():
-                    name = name.rpartition(".")[0]
-                found.append((table_dir.name, name, run))
+                found.append((table_dir.name, _run_id_of_folder(run.name), run))
     return found
+
+
+def _run_id_of_folder(name: str) -> str:
+    """A run folder's run id: a second copy of a run is kept as ``<run_id>.N`` (evidence is
+    never overwritten)."""
+    if layout.parse_run_id(name) is None and name.rpartition(".")[2].isdigit():
+        return name.rpartition(".")[0]
+    return name
 
 
 def _children(folder: Path) -> list[Path]:

@@ -4,22 +4,36 @@ Takes the warehouse lock (so it never races a load) and never touches a run the 
 not account for: archived runs are deleted only when the ledger says they were loaded or
 skipped, and abandoned runs are not deleted but moved to quarantine (reason ``abandoned``)
 and recorded in the ledger as quarantined.
+
+With staging in an object store (``[lake] staging_root``) the same rules apply to the bucket:
+there are no temp files there (each object is one PUT), a run's age is its newest object's
+last-modified time, abandoned runs move by copy-then-delete (``ObjectArea.quarantine``: the
+reason is written in quarantine before anything is deleted from staging), and expired
+archived runs are deleted in bulk, every data object before any manifest. Temp files are
+still looked for under the local root, which keeps the warehouse.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.layout import (
     ABANDONED_NAME,
+    ARCHIVE_DIR,
+    MANIFEST_NAME,
+    STAGING_DIR,
     LakePaths,
     is_temp_name,
     parse_run_id,
@@ -27,11 +41,14 @@ from lakehouse.layout import (
 from lakehouse.ledger import STATUS_QUARANTINED, record_runs, utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
-from lakehouse.moves import delete_run_folder, empty_trash, quarantine_run
+from lakehouse.moves import delete_run_folder, empty_trash
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 from lakehouse.staged import uncommitted_runs
 
 DEFAULT_GRACE = timedelta(hours=1)
+# Where a test may SIGKILL `lake cleanup` (LAKE_TEST_CRASH_AT). The ones after the first
+# happen only with staging in an object store, inside its copy-then-delete moves.
+CRASH_POINTS = ("after_record", "mid_copy", "copied", "reason", "mid_delete", "mid_expire")
 
 
 @dataclass
@@ -39,7 +56,7 @@ class CleanupAction:
     """One thing cleanup removed or moved (or would, in a dry run)."""
 
     kind: str  # temp_file | abandoned_run | expired_archive | trash
-    path: str  # relative to the root
+    path: str  # relative to the root (a URL for a run in an object store)
     detail: str = ""
 
 
@@ -65,33 +82,57 @@ class CleanupReport:
 
 
 def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | None = None,
-                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0) -> CleanupReport:
+                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0,
+                 crash_at: str | None = None) -> CleanupReport:
     """Remove stray temp files, quarantine abandoned runs, delete archive past retention.
+
+    Args:
+        now: the time ages are measured against (tests pass a later one to make runs old).
+        crash_at: tests only: SIGKILL this process at the named point (``CRASH_POINTS``).
 
     Raises:
         LockHeldError: a load or compaction holds the warehouse.
+        StagingUnavailableError: the object store holding staging did not answer.
     """
     started = time.monotonic()
     now = now or datetime.now(UTC)
     paths = config.paths
     report = CleanupReport(dry_run=dry_run)
+    area = staging_area(config)
+    store = area if isinstance(area, ObjectArea) else None
+
+    def crash(point: str) -> None:
+        if crash_at == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if store is not None:
+        store.step = crash
     with WarehouseLock(paths, "lake cleanup", lock_timeout):
         _temp_files(paths, now, grace, report)
-        abandoned = _abandoned_runs(config, now, report)
+        abandoned = (_abandoned_runs(config, now, report) if store is None
+                     else _abandoned_objects(store, config, now, report))
         wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
         try:
             migrate(wh)
             accounted = _ledger_times(wh)
             if abandoned and not dry_run:
-                rows = [_abandoned_row(t, r, reason) for t, r, reason in abandoned]
-                # The ledger row commits before the folder moves; a crash between the two
-                # leaves a run the next load recognises as quarantined and moves for us.
-                mark_publish_pending(paths)
-                with wh.transaction("recording abandoned runs"):
-                    record_runs(wh, rows)
+                # A run already recorded is one whose move a crash interrupted: the ledger
+                # keeps its row (a second one would break the key); only the move is redone.
+                rows = [_abandoned_row(t, r, reason) for t, r, reason in abandoned
+                        if (t, r) not in accounted]
+                if rows:
+                    # The ledger row commits before the run moves; a crash between the two
+                    # leaves the run in staging, and the next cleanup moves it.
+                    mark_publish_pending(paths)
+                    with wh.transaction("recording abandoned runs"):
+                        record_runs(wh, rows)
+                crash("after_record")
                 for table, run_id, reason in abandoned:
-                    quarantine_run(paths, table, run_id, reason)
-            _expired_archive(config, accounted, now, report)
+                    area.quarantine(table, run_id, reason)
+            if store is None:
+                _expired_archive(config, accounted, now, report)
+            else:
+                _expired_objects(store, config, accounted, now, report, crash)
             wh.checkpoint()
         finally:
             wh.close()
@@ -173,6 +214,48 @@ def _abandoned_runs(config: LakeConfig, now: datetime,
     return found
 
 
+def _abandoned_objects(store: ObjectArea, config: LakeConfig, now: datetime,
+                       report: CleanupReport) -> list[tuple[str, str, dict[str, Any]]]:
+    """Run folders in the bucket's staging without a manifest whose newest object was last
+    modified more than ``abandon_after_hours`` ago (one listing of ``staging/``)."""
+    limit = timedelta(hours=config.settings.abandon_after_hours)
+    runs = {k: v for k, v in sorted(store.runs_detail(STAGING_DIR).items())
+            if MANIFEST_NAME not in v}
+    old: list[tuple[str, str, str, timedelta]] = []
+    for (table, run_id), objects in runs.items():
+        folder = store.folder(STAGING_DIR, table, run_id)
+        newest = store.newest(folder, objects)
+        if newest is None:
+            report.kept.append(CleanupAction("abandoned_run", store.url(folder),
+                                             "the store gives no last-modified time"))
+            continue
+        # A producer still writing PUTs objects: age is that of the newest one.
+        age = now - newest
+        if age < limit:
+            report.kept.append(CleanupAction("abandoned_run", store.url(folder),
+                                             f"uncommitted for {age}, below the limit"))
+            continue
+        old.append((table, run_id, folder, age))
+    notes = store.read_many([f"{folder}/{ABANDONED_NAME}" for table, run_id, folder, _ in old
+                             if ABANDONED_NAME in runs[(table, run_id)]])
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    for table, run_id, folder, age in old:
+        try:
+            note = json.loads(notes.get(f"{folder}/{ABANDONED_NAME}", b"{}"))
+        except ValueError:
+            note = {}
+        reason: dict[str, Any] = {
+            "code": "abandoned", "table": table, "run_id": run_id,
+            "message": f"never committed (no manifest) and untouched for {age}; "
+                       "the producer died or raised",
+            "producer_error": note.get("error") if isinstance(note, dict) else None,
+            "failure_count": 0, "failure_sample": []}
+        report.actions.append(CleanupAction("abandoned_run", store.url(folder),
+                                            f"uncommitted for {age}"))
+        found.append((table, run_id, reason))
+    return found
+
+
 def _abandoned_row(table: str, run_id: str, reason: dict[str, Any]) -> dict[str, Any]:
     parts = parse_run_id(run_id)
     return {"run_id": run_id, "table_name": table,
@@ -221,3 +304,45 @@ def _strip_suffix(name: str) -> str:
     """``<run_id>.N`` (a second folder of the same run) back to ``<run_id>``."""
     head, _, tail = name.rpartition(".")
     return head if tail.isdigit() and parse_run_id(head) else name
+
+
+def _expired_objects(store: ObjectArea, config: LakeConfig,
+                     accounted: dict[tuple[str, str], tuple[str, datetime]], now: datetime,
+                     report: CleanupReport, crash: Callable[[str], None]) -> None:
+    """Archived runs in the bucket loaded more than ``retention_days`` ago (by the ledger's
+    time, as on local disk), and only those the ledger knows; deleted in bulk."""
+    cutoff = now.replace(tzinfo=None) - timedelta(days=config.settings.retention_days)
+    doomed: list[tuple[str, dict[str, StoredObject]]] = []
+    for (table, name), objects in sorted(store.runs_detail(ARCHIVE_DIR).items()):
+        if is_temp_name(name):
+            continue
+        folder = store.folder(ARCHIVE_DIR, table, name)
+        run_id = name if parse_run_id(name) else _strip_suffix(name)
+        entry = accounted.get((table, run_id))
+        if entry is None or entry[0] not in ("loaded", "skipped"):
+            report.kept.append(CleanupAction("expired_archive", store.url(folder),
+                                             "not accounted for by the ledger: left alone "
+                                             "(see lake audit)"))
+            continue
+        if entry[1] > cutoff:
+            continue
+        report.actions.append(CleanupAction("expired_archive", store.url(folder),
+                                            f"{entry[0]} at {entry[1]:%Y-%m-%d %H:%M}"))
+        doomed.append((folder, objects))
+    if report.dry_run or not doomed:
+        return
+    # Every data object before any manifest: a cleanup killed halfway leaves runs that still
+    # hold their manifest (and stay expired), which the next cleanup deletes.
+    store.remove_many([f"{folder}/{name}" for folder, objects in doomed for name in objects
+                       if name != MANIFEST_NAME])
+    crash("mid_expire")
+    store.remove_many([f"{folder}/{MANIFEST_NAME}" for folder, objects in doomed
+                       if MANIFEST_NAME in objects])
+    # Bulk deletes report failures per key, and store clients may drop those reports.
+    left = {store.folder(ARCHIVE_DIR, t, r) for t, r in store.runs_in(ARCHIVE_DIR)}
+    stuck = [folder for folder, _ in doomed if folder in left]
+    if stuck:
+        raise StagingUnavailableError(
+            f"could not delete {len(stuck)} expired archived run(s), e.g. "
+            f"{store.url(stuck[0])}: check the credentials' delete permission; the next "
+            "`lake cleanup` tries again")

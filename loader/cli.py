@@ -408,7 +408,8 @@ def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout:
 
     with errors_to_exit():
         report = cleanup_lake(obj.config(), dry_run=dry_run, lock_timeout=lock_timeout,
-                              grace=timedelta(minutes=grace_minutes))
+                              grace=timedelta(minutes=grace_minutes),
+                              crash_at=os.environ.get(CRASH_ENV) or None)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -458,7 +459,8 @@ def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: f
     from loader.quarantine import replay_run
 
     with errors_to_exit():
-        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout)
+        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout,
+                            crash_at=os.environ.get(CRASH_ENV) or None)
     verb = "would move" if dry_run else "moved"
     what = "rejected rows of" if result.kind == "rejected_rows" else "run"
     click.echo(f"{verb} {what} {result.quarantined} -> {result.staged}; "

@@ -8,31 +8,52 @@ A quarantine folder is one of two kinds:
   and ``_reason.json``): replay stages those rows as a new run (producer ``replay``).
 
 Both take the warehouse lock: replay changes the ledger.
+
+With staging in an object store (``[lake] staging_root``) the folders are prefixes in the
+bucket, listed in one request per 1,000 objects, and a replay is copy-then-delete: the run's
+objects are copied back to ``staging/`` (data first, the manifest last), then the ledger
+forgets the run, then the quarantined objects are deleted (data first, the manifest last).
+A replay killed at any point leaves the run whole in quarantine, in staging, or in both, and
+running the replay again finishes it (``replay_run``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakehouse.areas import ObjectArea, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.errors import UsageError
-from lakehouse.fsio import atomic_write_bytes, file_digest, fsync_dir, rename_durably
+from lakehouse.fsio import (
+    atomic_write_bytes,
+    bytes_digest,
+    file_digest,
+    fsync_dir,
+    rename_durably,
+)
 from lakehouse.layout import (
     DATA_SUFFIX,
     MANIFEST_NAME,
+    QUARANTINE_DIR,
     REASON_NAME,
     REJECTED_ROWS_NAME,
+    STAGING_DIR,
     SYMLINK_NAME,
     LakePaths,
     is_temp_name,
     new_run_id,
+    parse_run_id,
 )
 from lakehouse.ledger import forget_run
 from lakehouse.lock import WarehouseLock
@@ -40,6 +61,11 @@ from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder
 from lakehouse.publish import mark_publish_pending, publish_snapshot
+
+# Where a test may SIGKILL `lake quarantine replay` (LAKE_TEST_CRASH_AT), with staging in an
+# object store: inside the copy back to staging, after it, after the ledger forgot the run,
+# and inside the delete from quarantine.
+CRASH_POINTS = ("mid_copy", "copied", "after_forget", "mid_delete")
 
 
 @dataclass
@@ -53,7 +79,7 @@ class QuarantinedRun:
     message: str | None
     failure_count: int | None
     quarantined_at: str
-    path: str  # relative to the root
+    path: str  # relative to the root (a URL when staging is in an object store)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +87,9 @@ class QuarantinedRun:
 
 def list_quarantine(config: LakeConfig, table: str | None = None) -> list[QuarantinedRun]:
     """Every quarantined run or row set, oldest first (read-only, no lock)."""
+    area = staging_area(config)
+    if isinstance(area, ObjectArea):
+        return _list_objects(area, table)
     paths = config.paths
     found: list[QuarantinedRun] = []
     if not paths.quarantine.is_dir():
@@ -98,13 +127,45 @@ def _describe(paths: LakePaths, table: str, run_dir: Path) -> QuarantinedRun:
         path=str(run_dir.relative_to(paths.root)))
 
 
+def _list_objects(store: ObjectArea, table: str | None) -> list[QuarantinedRun]:
+    """The quarantine in an object store: one listing, then every reason read at once."""
+    runs = {k: v for k, v in store.runs_detail(QUARANTINE_DIR, table).items()
+            if not is_temp_name(k[1])}
+    texts = store.read_many([f"{store.folder(QUARANTINE_DIR, t, r)}/{REASON_NAME}"
+                             for (t, r), objects in runs.items() if REASON_NAME in objects])
+    found: list[QuarantinedRun] = []
+    for (name, folder_name), objects in runs.items():
+        folder = store.folder(QUARANTINE_DIR, name, folder_name)
+        try:
+            reason = json.loads(texts.get(f"{folder}/{REASON_NAME}", b"{}"))
+        except ValueError:
+            reason = {}
+        if not isinstance(reason, dict):
+            reason = {}
+        if SYMLINK_NAME in objects:
+            kind = "symlink"
+        elif REJECTED_ROWS_NAME in objects and MANIFEST_NAME not in objects:
+            kind = "rejected_rows"
+        else:
+            kind = "run"
+        # Since the reason was written; without one (a move still copying), the newest object.
+        when = (store.newest(folder, objects, REASON_NAME) or store.newest(folder, objects)
+                or datetime.fromtimestamp(0, UTC))
+        found.append(QuarantinedRun(
+            table=name, run_id=folder_name, kind=kind, code=reason.get("code"),
+            message=reason.get("message"), failure_count=reason.get("failure_count"),
+            quarantined_at=when.isoformat(timespec="seconds"), path=store.url(folder)))
+    found.sort(key=lambda q: (q.quarantined_at, q.run_id))
+    return found
+
+
 @dataclass
 class ReplayResult:
     """What `lake quarantine replay` did."""
 
     table: str
-    quarantined: str  # the folder that was replayed (relative)
-    staged: str  # where it is now in staging (relative)
+    quarantined: str  # the folder that was replayed (relative, or a URL)
+    staged: str  # where it is now in staging (relative, or a URL)
     kind: str
     dry_run: bool
 
@@ -113,12 +174,16 @@ class ReplayResult:
 
 
 def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
-               lock_timeout: float = 0.0) -> ReplayResult:
+               lock_timeout: float = 0.0, crash_at: str | None = None) -> ReplayResult:
     """Put a quarantined run (or its rejected rows) back into staging for the next load.
+
+    Args:
+        crash_at: tests only: SIGKILL this process at the named point (``CRASH_POINTS``).
 
     Raises:
         UsageError: no such quarantined run, several match, or it cannot be replayed.
         LockHeldError: a load or compaction holds the warehouse.
+        StagingUnavailableError: the object store holding staging did not answer.
     """
     paths = config.paths
     matches = [q for q in list_quarantine(config) if q.run_id == run or q.path == run
@@ -129,12 +194,15 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
         raise UsageError(f"{run!r} matches several folders: {[m.path for m in matches]}; "
                          "give the path shown by `lake quarantine list`")
     q = matches[0]
-    source = paths.root / q.path
     if q.kind == "symlink":
         raise UsageError(f"{q.path} was a symlinked run folder; it cannot be replayed. "
                          "Stage the data again with stage_run")
     if q.table not in config.tables:
         raise UsageError(f"table {q.table!r} is not declared in lake.toml: declare it first")
+    area = staging_area(config)
+    if isinstance(area, ObjectArea):
+        return _replay_object(config, area, q, dry_run, lock_timeout, crash_at)
+    source = paths.root / q.path
     if q.kind == "rejected_rows":
         run_id = new_run_id("replay")
         target = paths.staged_run(q.table, run_id)
@@ -167,10 +235,10 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
 
 def _original_run_id(folder: Path) -> str:
     try:
-        return Manifest.from_json((folder / MANIFEST_NAME).read_bytes()).run_id
-    except Exception:  # no or bad manifest: the folder name is the run id (maybe with .N)
-        head, _, tail = folder.name.rpartition(".")
-        return head if tail.isdigit() else folder.name
+        manifest: bytes | None = (folder / MANIFEST_NAME).read_bytes()
+    except OSError:
+        manifest = None
+    return _run_id_of(manifest, folder.name)
 
 
 def _stage_rejected_rows(paths: LakePaths, table: str, run_id: str, source: Path) -> None:
@@ -194,3 +262,115 @@ def _stage_rejected_rows(paths: LakePaths, table: str, run_id: str, source: Path
     fsync_dir(run_dir.parent)
     # The rows now live in the new run (which is quarantined again if they still fail).
     delete_run_folder(paths, source)
+
+
+def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry_run: bool,
+                   lock_timeout: float, crash_at: str | None) -> ReplayResult:
+    """``replay_run`` with staging in an object store: copy back, forget, delete."""
+    def crash(point: str) -> None:
+        if crash_at == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    store.step = crash
+    paths = config.paths
+    name = q.path.rsplit("/", 1)[1]
+    source = store.folder(QUARANTINE_DIR, q.table, name)
+    if q.kind == "rejected_rows":
+        run_id = new_run_id("replay")
+        target = store.folder(STAGING_DIR, q.table, run_id)
+        if not dry_run:
+            with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
+                _stage_rejected_objects(store, q.table, run_id, name, crash)
+        return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
+    manifest = store.read_or_none(f"{source}/{MANIFEST_NAME}")
+    run_id = _run_id_of(manifest, name)
+    target = store.folder(STAGING_DIR, q.table, run_id)
+    _check_target(store, q.table, run_id, manifest)
+    if not dry_run:
+        with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
+            # Listed again under the lock: what is there now is what moves.
+            objects = store.run_objects(QUARANTINE_DIR, q.table, name)
+            if not objects:
+                raise UsageError(f"{q.path} is no longer in quarantine: see "
+                                 "`lake quarantine list`")
+            _check_target(store, q.table, run_id, manifest)
+            # 1. Copy back, the manifest last. Until the manifest lands the staged copy is
+            # uncommitted and never loaded; the run is still whole in quarantine.
+            store.copy_objects(source, target, objects)
+            wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
+            try:
+                migrate(wh)
+                # 2. Forget the ledger row. A crash before this leaves a committed run in
+                # staging that the ledger calls quarantined: the next load puts it back in
+                # quarantine (nothing lost), and a replay run first finishes this one.
+                mark_publish_pending(paths)
+                with wh.transaction("forgetting the quarantined ledger row"):
+                    forget_run(wh, q.table, run_id)
+                wh.checkpoint()
+            finally:
+                wh.close()
+            crash("after_forget")
+            # 3. Delete from quarantine, the manifest last: a crash leaves a copy there that
+            # a replay run again deletes (the staged copy has the same manifest).
+            store.delete_objects(source, objects)
+            publish_snapshot(paths)
+    return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
+
+
+def _run_id_of(manifest: bytes | None, folder_name: str) -> str:
+    """The run id a quarantined run had in staging: its manifest's, else the folder's name
+    (without a ``.N`` suffix). A manifest's run id that is not one (``../x``: the manifest
+    may be why the run is here) never names the folder it goes back to."""
+    head, _, tail = folder_name.rpartition(".")
+    name = head if tail.isdigit() else folder_name
+    try:
+        if manifest is not None:
+            run_id = Manifest.from_json(manifest).run_id
+            if parse_run_id(run_id) is not None or run_id == name:
+                return run_id
+    except Exception:  # a bad manifest (that may be why it is here): use the folder name
+        pass
+    return name
+
+
+def _check_target(store: ObjectArea, table: str, run_id: str, manifest: bytes | None) -> None:
+    """Refuse to replay over another run in staging. Objects already there with the same
+    manifest, or without one, are this replay's own copy from an earlier, killed attempt
+    (the manifest is copied last): the copy is resumed."""
+    target = store.folder(STAGING_DIR, table, run_id)
+    if not store.run_objects(STAGING_DIR, table, run_id):
+        return
+    there = store.read_or_none(f"{target}/{MANIFEST_NAME}")
+    if there is not None and there != manifest:
+        raise UsageError(f"{store.url(target)} already exists in staging")
+
+
+def _stage_rejected_objects(store: ObjectArea, table: str, run_id: str, name: str,
+                            crash: Callable[[str], None]) -> None:
+    """Stage ``_rejected_rows.parquet`` as a new committed run (data, then the manifest: two
+    PUTs), then delete the quarantined rows. A replay killed after the manifest and run again
+    stages the same bytes once more; the loader skips repeated content of an append table,
+    and upsert or replace_partition loads of the same rows change nothing."""
+    source = store.folder(QUARANTINE_DIR, table, name)
+    objects = store.run_objects(QUARANTINE_DIR, table, name)
+    if REJECTED_ROWS_NAME not in objects:
+        raise UsageError(f"{store.url(source)} holds no rejected rows any more: see "
+                         "`lake quarantine list`")
+    data = store.read(f"{source}/{REJECTED_ROWS_NAME}")
+    data_name = f"part-00000{DATA_SUFFIX}"
+    meta = pq.read_metadata(pa.BufferReader(data))
+    schema = pq.read_schema(pa.BufferReader(data))
+    now = datetime.now(UTC).isoformat(timespec="microseconds")
+    entry = FileEntry(data_name, meta.num_rows, len(data), bytes_digest(data))
+    manifest = Manifest(table=table, run_id=run_id, producer="replay", created_at=now,
+                        committed_at=now, files=(entry,),
+                        schema=tuple((f.name, str(f.type)) for f in schema),
+                        extra={"replayed_from": store.url(source)})
+    target = store.folder(STAGING_DIR, table, run_id)
+    store.put(f"{target}/{data_name}", data)
+    crash("mid_copy")
+    store.put(f"{target}/{MANIFEST_NAME}", manifest.to_json())  # commits the run
+    crash("copied")
+    # The rows now live in the new run. Delete them from quarantine last, after the reason:
+    # a crash halfway leaves rows that are still listed and can be replayed again.
+    store.delete_objects(source, objects, order=lambda n: (n == REJECTED_ROWS_NAME, n))
