@@ -211,7 +211,7 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
                 _stage_rejected_rows(paths, q.table, run_id, source)
         return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind,
                             dry_run)
-    run_id = _original_run_id(source)
+    run_id = _run_id_of(source.name)
     target = paths.staged_run(q.table, run_id)
     if target.exists():
         raise UsageError(f"{target.relative_to(paths.root)} already exists in staging")
@@ -231,14 +231,6 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
             rename_durably(source, target)
             publish_snapshot(paths)
     return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind, dry_run)
-
-
-def _original_run_id(folder: Path) -> str:
-    try:
-        manifest: bytes | None = (folder / MANIFEST_NAME).read_bytes()
-    except OSError:
-        manifest = None
-    return _run_id_of(manifest, folder.name)
 
 
 def _stage_rejected_rows(paths: LakePaths, table: str, run_id: str, source: Path) -> None:
@@ -283,7 +275,7 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
                 _stage_rejected_objects(store, q.table, run_id, name, crash)
         return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
     manifest = store.read_or_none(f"{source}/{MANIFEST_NAME}")
-    run_id = _run_id_of(manifest, name)
+    run_id = _run_id_of(name)
     target = store.folder(STAGING_DIR, q.table, run_id)
     _check_target(store, q.table, run_id, manifest)
     if not dry_run:
@@ -317,20 +309,19 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
     return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
 
 
-def _run_id_of(manifest: bytes | None, folder_name: str) -> str:
-    """The run id a quarantined run had in staging: its manifest's, else the folder's name
-    (without a ``.N`` suffix). A manifest's run id that is not one (``../x``: the manifest
-    may be why the run is here) never names the folder it goes back to."""
+def _run_id_of(folder_name: str) -> str:
+    """The run id a quarantined run had in staging: its folder's name, without the ``.N``
+    that a second quarantine of the same id added.
+
+    Never the manifest's run id: a manifest that names another run (or no valid one) may be
+    exactly why the run was quarantined, and replaying under that name would send the
+    rejected run's rows into the table under someone else's id, or leave quarantine without
+    a trace (found by the chaos runner).
+    """
     head, _, tail = folder_name.rpartition(".")
-    name = head if tail.isdigit() else folder_name
-    try:
-        if manifest is not None:
-            run_id = Manifest.from_json(manifest).run_id
-            if parse_run_id(run_id) is not None or run_id == name:
-                return run_id
-    except Exception:  # a bad manifest (that may be why it is here): use the folder name
-        pass
-    return name
+    if tail.isdigit() and parse_run_id(head) is not None:
+        return head
+    return folder_name
 
 
 def _check_target(store: ObjectArea, table: str, run_id: str, manifest: bytes | None) -> None:

@@ -66,3 +66,37 @@ def test_cleanup_and_quarantine_list_text(lake: Lake) -> None:
     assert "logs" in listed.output and "contract_violation" in listed.output
     empty = invoke(lake, "quarantine", "list", "--table", "plain")
     assert empty.output.strip() == "quarantine is empty"
+
+
+# -- replay never trusts the manifest that got a run rejected (found by make chaos) --------
+def _logs(ids: list[int]) -> pa.Table:
+    ts = pa.array(["2026-03-01T10:00:00"] * len(ids)).cast(pa.timestamp("us"))
+    return pa.table({"id": pa.array(ids, pa.int64()), "ts": ts, "msg": ["m"] * len(ids)})
+
+
+def test_replay_uses_the_folder_name_not_the_rejected_manifests_run_id(lake: Lake) -> None:
+    from conftest import hand_run_id, write_run_by_hand
+
+    from loader.quarantine import replay_run
+
+    good = lake.stage("logs", _logs([1]))
+    assert good is not None
+    lake.load()
+    liar = hand_run_id(2)
+    made_up = hand_run_id(77)
+    for bad, claimed in ((liar, good.run_id), (hand_run_id(3), made_up)):
+        write_run_by_hand(lake.root, "logs", bad, {"part-00000.parquet": _logs([100, 101])},
+                          manifest={"run_id": claimed})
+        report = lake.load()
+        assert [(o.run_id, o.reason_code) for o in report.runs] == [(bad, "manifest_mismatch")]
+        result = replay_run(lake.config(), bad)
+        assert result.staged == f"staging/logs/{bad}"  # back under its own folder name
+        again = lake.load()
+        # Rejected again for the same reason, back in quarantine, nothing else touched.
+        assert [(o.run_id, o.status, o.reason_code) for o in again.runs] == [
+            (bad, "quarantined", "manifest_mismatch")]
+        assert bad in lake.quarantined("logs")
+        assert lake.ledger()[bad] == "quarantined"
+    assert lake.rows("SELECT id FROM logs") == [(1,)]  # no row of a rejected run loaded
+    assert lake.archived("logs") == [good.run_id]  # the real run's archive holds one folder
+    assert made_up not in lake.ledger() and made_up not in lake.staged("logs")
