@@ -343,7 +343,8 @@ class Chaos:
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             if not self.quiet:
-                loads = sum(1 for c in self.calls if c.command == "load" and c.rc in (0, 3))
+                loads = sum(1 for c in self.calls if c.command == "load" and c.rc in (0, 3)
+                            and "--dry-run" not in c.args)
                 self.say(f"{(time.monotonic() - started) / 60:5.1f} min: {loads} loads, "
                          f"{sum(self.stats.kills.values())} kills")
         # Stop: the loops finish their current command; producers their current run.
@@ -468,7 +469,10 @@ class Chaos:
             **{k: checked[k] for k in ("good_runs_committed", "good_runs_uncommitted",
                                        "good_runs_retried", "hostile_runs_committed",
                                        "hostile_runs_uncommitted")},
-            "loads_completed": sum(1 for c in loads if c.rc in (0, 3)),
+            "loads_completed": sum(1 for c in loads if c.rc in (0, 3)
+                                   and "--dry-run" not in c.args),
+            "dry_runs_completed": sum(1 for c in loads if c.rc in (0, 3)
+                                      and "--dry-run" in c.args),
             "loads_busy": sum(1 for c in loads if c.rc == 75),
             "runs_loaded_during_chaos": runs_loaded,
             "exit_codes": by_command,
@@ -516,7 +520,8 @@ def print_summary(result: dict[str, Any]) -> None:
         f"({k['good_runs_retried']} retries after a kill), {k['hostile_runs_committed']} hostile;"
         f" {k['good_runs_uncommitted'] + k['hostile_runs_uncommitted']} never committed",
         f"  loads completed       {k['loads_completed']} ({k['runs_loaded_during_chaos']} runs "
-        f"loaded), {k['loads_busy']} busy (75); exit codes {k['exit_codes']}",
+        f"loaded; and {k['dry_runs_completed']} dry runs), {k['loads_busy']} busy (75); "
+        f"exit codes {k['exit_codes']}",
         f"  processes killed      {k['processes_killed_total']}: {kills}",
         f"  bad inputs tried      {sum(k['bad_inputs_by_kind'].values())} runs of "
         f"{k['bad_input_kinds_tried']} kinds: {bad}",

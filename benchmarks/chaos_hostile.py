@@ -609,7 +609,7 @@ CATALOGUE: tuple[Kind, ...] = (
          f"{_H}::test_nan_and_inf_in_a_range_checked_column"),
     Kind("drop_rows_bad_sensor", drop_rows_bad_sensor, "valid rows load; the rest rejected",
          "test_bad_input::test_drop_rows_loads_valid_rows_and_quarantines_the_rest"),
-    Kind("drop_rows_null_key", drop_rows_null_key, "as the model says (null-key rows)",
+    Kind("drop_rows_null_key", drop_rows_null_key, "valid rows load; the null-key row rejected",
          "test_model (null keys under drop_rows)"),
     Kind("drop_rows_all_invalid", drop_rows_all_invalid, "quarantined: contract_violation",
          "test_model (drop_rows with no valid row)"),

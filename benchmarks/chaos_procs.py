@@ -40,15 +40,18 @@ def resume(path: Path) -> tuple[int, int | None]:
     """The next sequence number of a producer, and the run to retry (begun, never finished)."""
     done: set[int] = set()
     begun: list[int] = []
+    tried = 0  # the hostile producer marks each attempt before it touches the disk
     for event in read_journal(path):
         if event["ev"] == "begin":
             begun.append(event["seq"])
+        elif event["ev"] == "attempt":
+            tried = max(tried, event["seq"])
         elif event["ev"] in TERMINAL:
             done.add(event["seq"])
     if not begun:
-        return 1, None
+        return tried + 1, None
     last = begun[-1]
-    return max(begun) + 1, (None if last in done else last)
+    return max(*begun, tried) + 1, (None if last in done else last)
 
 
 def produce(args: argparse.Namespace) -> int:
@@ -106,6 +109,9 @@ def hostile(args: argparse.Namespace) -> int:
     while not stop.exists():
         ctx = Ctx(args.seed, args.pid, seq)
         kind = pick_kind(ctx)
+        # Never reuse an attempt's number after a kill: its fixed folder names (hostile run
+        # names, symlink targets outside the root) may already exist.
+        journal.write(ev="attempt", seq=seq, kind=kind.name)
         for index, step in enumerate(kind.build(ctx)):
             common = {"seq": seq, "kind": kind.name, "step": index, "table": step.table}
             try:
