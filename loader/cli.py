@@ -76,6 +76,7 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 def main() -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
+    _exit_75_on_signals()
     try:
         code = cli.main(standalone_mode=False, prog_name="lake")
     except click.exceptions.Abort:
@@ -87,6 +88,20 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     sys.exit(code or EXIT_OK)
+
+
+def _exit_75_on_signals() -> None:
+    """SIGTERM/SIGINT before a command installs its own handlers (``_stop_on_signals``, at
+    its safe points) end the process with exit 75 and a line on stderr, not a bare -15: the
+    first second of a command is imports and parsing, and cron or systemd must read the stop
+    as "run again later" (found by make chaos, which sends SIGTERM at random moments)."""
+    def handler(signum: int, _frame: Any) -> None:
+        click.echo(f"lake: stopped by {signal.Signals(signum).name}; run the command again",
+                   err=True)
+        raise SystemExit(EXIT_BUSY)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def exit_code_for(exc: BaseException) -> int:

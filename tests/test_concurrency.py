@@ -298,3 +298,35 @@ def test_soak_producers_loaders_readers(tmp_path: Path) -> None:
     # events is an upsert table: only the append-only tables are checked for monotonic reads.
     assert_readers_never_failed(chaos, ["logs", "plain"])
     assert_busy_errors_name_the_holder(chaos.calls)
+
+
+HOLD_LOCK = """
+import sys, time
+from lakehouse.layout import LakePaths
+from lakehouse.lock import WarehouseLock
+held = WarehouseLock(LakePaths.at(sys.argv[1]), "test holder", 0).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_sigterm_outside_a_load_exits_75_with_a_message(tmp_path: Path) -> None:
+    """A command stopped before it installs its own safe-point handlers (here `lake cleanup`
+    waiting for a held lock) still exits 75 with a line on stderr, not a bare -15."""
+    lk = lake_root(tmp_path, batch_max_runs=2)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lk.root)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        waiter = subprocess.Popen([sys.executable, "-m", "loader.cli", "--root", str(lk.root),
+                                   "cleanup", "--lock-timeout", "60"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)  # past the imports: it waits for the lock
+        assert waiter.poll() is None, waiter.communicate()
+        waiter.send_signal(signal.SIGTERM)
+        _, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == EXIT_BUSY, err
+        assert "stopped by SIGTERM" in err
+    finally:
+        holder.kill()
+        holder.wait()
