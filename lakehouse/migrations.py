@@ -86,9 +86,30 @@ def _v2_ledger_key_by_table(wh: Warehouse) -> None:
                action="migrating the ledger")
 
 
+def _v3_exports(wh: Warehouse) -> None:
+    """`lake export`: one row per published export of a table to a target, and one per
+    partition of it (written, carried over from the previous export, or removed)."""
+    for sql in [
+        """CREATE TABLE meta.exports (
+            export_id VARCHAR PRIMARY KEY, table_name VARCHAR NOT NULL, target VARCHAR NOT NULL,
+            path VARCHAR NOT NULL, partition_key VARCHAR, full_export BOOLEAN NOT NULL,
+            status VARCHAR NOT NULL, rows BIGINT, bytes BIGINT, files BIGINT,
+            partitions_written INTEGER, partitions_carried INTEGER, partitions_removed INTEGER,
+            rows_written BIGINT, bytes_written BIGINT, started_at TIMESTAMP,
+            ended_at TIMESTAMP, duration_ms BIGINT, recorded_at TIMESTAMP NOT NULL)""",
+        """CREATE TABLE meta.export_partitions (
+            export_id VARCHAR NOT NULL, table_name VARCHAR NOT NULL, target VARCHAR NOT NULL,
+            partition_value VARCHAR, folder VARCHAR NOT NULL, action VARCHAR NOT NULL,
+            rows BIGINT, bytes BIGINT, files INTEGER, fingerprint VARCHAR,
+            written_by VARCHAR, PRIMARY KEY (export_id, folder))""",
+    ]:
+        wh.execute(sql, action="creating the export tables")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
+    Migration(3, "exports", _v3_exports),
 )
 
 

@@ -528,5 +528,10 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+from loader.export import export_command  # noqa: E402  (see loader/export.py for why here)
+
+cli.add_command(export_command)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,441 @@
+"""`lake export`: one table as Hive-partitioned Parquet, published atomically, incremental.
+
+Steps, each ordering rule commented where it is enforced:
+
+1. Take the warehouse lock (``lake export``): exports serialise with loads, compaction and each
+   other, so the table does not change while it is read and two exports never race for one
+   target. Open ``lake.duckdb`` and apply pending migrations (``meta.exports`` is v3).
+2. Fingerprint every partition: row count and an order-independent sum of row hashes over the
+   exported columns. Compare with the partitions the target's current pointer lists. The
+   pointer, not ``meta``, is the baseline: it is what readers see, and it cannot disagree with
+   the files (a crash between the pointer and the ``meta`` commit, or a target restored from a
+   backup, leaves ``meta`` behind; the next export reconciles ``meta`` from the pointer).
+3. ``COPY ... (FORMAT parquet, PARTITION_BY (<key>))`` only the changed and new partitions into
+   a fresh folder that nothing points at.
+4. Carry unchanged partitions over from the previous version (hard links locally, server-side
+   copies on object stores) and make the new version complete and durable (``_v/<id>``).
+5. Write the pointer ``_latest.json`` atomically: the commit point. Then swap the local
+   ``current`` link, record the export in ``meta``, republish the snapshot, prune old versions.
+
+A SIGKILL before step 5 leaves the previous export as it was (plus an unreferenced folder the
+next export deletes); after it, the new export is published and the next run only catches up
+on the link and ``meta``. See ``docs/EXPORT.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lakehouse.config import LakeConfig
+from lakehouse.db import Warehouse, literal, open_warehouse, quote
+from lakehouse.errors import UsageError, WarehouseError
+from lakehouse.export_plan import (
+    POINTER_FORMAT,
+    Partition,
+    Plan,
+    Source,
+    describe_source,
+    folder_value,
+    plan_export,
+    pointer_partitions,
+    relative_path,
+    sort_key,
+)
+from lakehouse.export_target import (
+    CURRENT_LINK,
+    LOCAL_TEMP_BASE,
+    POINTER_NAME,
+    ExportError,
+    ExportTarget,
+    open_target,
+)
+from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
+from lakehouse.ledger import utcnow
+from lakehouse.lock import WarehouseLock
+from lakehouse.migrations import migrate
+from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+
+CRASH_POINTS = ("after_lock", "after_write", "before_pointer", "after_pointer", "after_record")
+DEFAULT_KEEP_VERSIONS = 2  # the current version and the one before (for readers mid-scan)
+FILE_PATTERN = "data_{i}"  # files are data_0.parquet, data_1.parquet, ... in each folder
+_ID_TIME = "%Y%m%dT%H%M%S.%fZ"
+
+_PARTITION_COLUMNS = ("export_id", "table_name", "target", "partition_value", "folder",
+                      "action", "rows", "bytes", "files", "fingerprint", "written_by")
+_INSERT_CHUNK = 500  # partition rows per INSERT statement
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `lake export` was asked to do."""
+
+    to: str
+    full: bool = False
+    dry_run: bool = False
+    lock_timeout: float = 0.0
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
+    crash_at: str | None = None  # testing only: SIGKILL at one of CRASH_POINTS
+
+
+@dataclass
+class ExportReport:
+    """What an export did (or, for a dry run, would do)."""
+
+    table: str
+    target: str  # ``<to>/<table>`` as given (absolute path or URL)
+    dry_run: bool = False
+    export_id: str | None = None  # the published export (the current one when up to date)
+    path: str | None = None  # its version folder
+    pointer: str = ""
+    current: str | None = None  # local targets: the stable folder for Hive readers
+    partition_key: str | None = None
+    full: bool = False
+    up_to_date: bool = False
+    reason: str = ""
+    written: list[str | None] = field(default_factory=list)
+    carried_over: list[str | None] = field(default_factory=list)
+    removed: list[str | None] = field(default_factory=list)
+    rows: int = 0
+    rows_written: int = 0
+    bytes: int = 0
+    bytes_written: int = 0
+    files: int = 0
+    versions_removed: list[str] = field(default_factory=list)
+    published: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (with the counts of written/carried/removed partitions)."""
+        data = asdict(self)
+        data.update(partitions_written=len(self.written),
+                    partitions_carried_over=len(self.carried_over),
+                    partitions_removed=len(self.removed))
+        return data
+
+
+def export_table(config: LakeConfig, table: str, options: ExportOptions) -> ExportReport:
+    """Export ``table`` to ``options.to`` as Hive-partitioned Parquet; return what it did.
+
+    Raises:
+        ConfigError: the table is not declared in lake.toml.
+        UsageError: the table has no data yet, or ``--to`` / ``--keep-versions`` is wrong.
+        LockHeldError: a load, compaction or another export holds the warehouse.
+        ExportError: writing the export failed (the previous export is still published).
+    """
+    config.table(table)  # an undeclared table is a usage error before anything else
+    if options.keep_versions < 1:
+        raise UsageError(f"--keep-versions must be 1 or more, got {options.keep_versions}")
+    if options.crash_at is not None and options.crash_at not in CRASH_POINTS:
+        raise UsageError(f"unknown crash point {options.crash_at!r}; one of {CRASH_POINTS}")
+    paths = config.paths
+    if not paths.warehouse.is_file():
+        raise UsageError(f"no warehouse at {paths.warehouse}: run `lake init` first")
+    target = open_target(options.to, table, paths)
+    started = time.monotonic()
+    report = ExportReport(table=table, target=target.display(), dry_run=options.dry_run,
+                          pointer=target.display(POINTER_NAME))
+    if options.dry_run:
+        _dry_run(paths, table, target, options, report)
+        report.seconds = time.monotonic() - started
+        return report
+    with WarehouseLock(paths, f"lake export {table}", options.lock_timeout):
+        _crash(options.crash_at, "after_lock")
+        # Under the lock no other export runs: a local staging folder is a killed one's.
+        _remove_local_temps(paths)
+        wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
+        try:
+            migrate(wh)
+            source = describe_source(wh, table)
+            report.partition_key = source.key
+            pointer = target.read_pointer()
+            plan = plan_export(wh, source, pointer, target, full=options.full)
+            _fill_plan(report, plan, pointer)
+            if plan.up_to_date and pointer is not None:
+                _report_current(report, target, pointer)
+                current = pointer
+                with _published(current, target):
+                    # A kill after the last pointer may have left the link and meta behind.
+                    if not target.link_current(str(pointer["export_id"])):
+                        report.current = None
+                    _record(wh, paths, target, pointer, None, started)
+            else:
+                current = _write_export(wh, paths, source, plan, pointer, target, options,
+                                        report)
+                _crash(options.crash_at, "after_pointer")
+                with _published(current, target):
+                    if not target.link_current(current["export_id"]):
+                        report.current = None  # no symlinks here: readers use the pointer
+                    _record(wh, paths, target, pointer, current, started)
+                _crash(options.crash_at, "after_record")
+            wh.checkpoint()
+        finally:
+            wh.close()
+        with _published(current, target):
+            if publish_pending(paths):
+                publish_snapshot(paths)  # `lake query` sees meta.exports
+                report.published = True
+            keep = list(dict.fromkeys([str(current["export_id"]), *current.get("versions", [])]))
+            # Pruning comes after the pointer: it never deletes what the pointer names, nor
+            # the versions kept for readers that resolved `current` just before it moved.
+            report.versions_removed = target.prune(keep[: options.keep_versions])
+    report.seconds = time.monotonic() - started
+    return report
+
+
+@contextmanager
+def _published(doc: dict[str, Any], target: ExportTarget) -> Iterator[None]:
+    """After the pointer: a failure leaves the new export published, with its bookkeeping
+    (link, meta, snapshot, pruning) for the next export to finish."""
+    try:
+        yield
+    except (OSError, WarehouseError) as exc:
+        raise ExportError(f"export {doc['export_id']} of {doc['table']} is published at "
+                          f"{target.display(POINTER_NAME)}, but then {exc}; fix that and run "
+                          "lake export again to finish its bookkeeping") from exc
+
+
+def _write_export(wh: Warehouse, paths: LakePaths, source: Source, plan: Plan,
+                  pointer: dict[str, Any] | None, target: ExportTarget,
+                  options: ExportOptions, report: ExportReport) -> dict[str, Any]:
+    """Write a new version, complete it and publish its pointer; return the pointer."""
+    export_id = new_export_id()
+    ours = pointer is not None and pointer.get("format") == POINTER_FORMAT
+    previous_id = str(pointer["export_id"]) if ours and pointer else None
+    staging: Path | None = None
+    try:
+        staging = target.staging_folder(paths)
+        written = _copy_partitions(wh, source, plan, staging, export_id)
+        _crash(options.crash_at, "after_write")
+        carried = {relative_path(p.folder, f): f"{previous_id}/{relative_path(p.folder, f)}"
+                   for p in plan.carry for f in p.files}
+        files = [relative_path(p.folder, f) for p in written for f in p.files]
+        target.complete_version(staging, export_id, files, carried)
+        sizes = target.file_sizes(export_id, files)
+    except BaseException as exc:
+        if staging is not None:
+            _remove_tree(staging)  # nothing points at it; the previous export is untouched
+        if isinstance(exc, OSError | WarehouseError):
+            raise ExportError(f"export of {source.table} to {target.display()} failed: {exc}; "
+                              "the previous export is still the published one; fix that and "
+                              "run lake export again") from exc
+        raise
+    written = [_with_bytes(p, sizes) for p in written]
+    partitions = sorted([*written, *plan.carry], key=lambda p: sort_key(p.value))
+    rows, size = sum(p.rows for p in partitions), sum(p.bytes for p in partitions)
+    count = sum(len(p.files) for p in partitions)
+    kept = pointer.get("versions", []) if ours and pointer else []
+    versions = [export_id, *[str(v) for v in kept if v != export_id]]
+    doc = {
+        "format": POINTER_FORMAT, "table": source.table, "export_id": export_id,
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "path": f"_v/{export_id}", "partition_key": source.key,
+        "partition_by": ({"column": source.partition_column, "granularity": source.granularity}
+                         if source.key else None),
+        "schema": source.schema(), "rows": rows, "bytes": size, "files": count,
+        "partitions": [p.as_dict() for p in partitions],
+        "previous": previous_id, "full": plan.full,
+        "written": [p.folder for p in written], "removed": [p.folder for p in plan.remove],
+        "versions": versions[: options.keep_versions],
+    }
+    _crash(options.crash_at, "before_pointer")
+    # The commit point: the version is complete and durable before the pointer names it.
+    try:
+        target.write_pointer(doc)
+    except OSError as exc:  # the pointer is written whole or not at all
+        raise ExportError(f"could not publish the export pointer {target.display(POINTER_NAME)}"
+                          f": {exc}; the previous export is still the published one; fix "
+                          "that and run lake export again") from exc
+    report.export_id = export_id
+    report.path = target.display("_v", export_id)
+    report.current = target.display(CURRENT_LINK) if target.local else None
+    report.rows, report.bytes, report.files = rows, size, count
+    report.rows_written = sum(p.rows for p in written)
+    report.bytes_written = sum(p.bytes for p in written)
+    return doc
+
+
+def _copy_partitions(wh: Warehouse, source: Source, plan: Plan, staging: Path,
+                     export_id: str) -> list[Partition]:
+    """COPY the partitions to write into ``staging`` (Hive folders); return them (bytes 0)."""
+    if not plan.write:
+        staging.mkdir(parents=True, exist_ok=True)
+        return []
+    cols = ", ".join(quote(n) for n, _ in source.columns)
+    where, params = "", []
+    if not plan.full and source.key:
+        values = [v for v in plan.write if v is not None]
+        where = f" WHERE {PARTITION_COLUMN} IN (SELECT unnest(?::VARCHAR[]))"
+        params = [values]
+        if None in plan.write:
+            where += f" OR {PARTITION_COLUMN} IS NULL"
+    if source.key:
+        select = f"SELECT {cols}, {PARTITION_COLUMN} AS {quote(source.key)} FROM " \
+                 f"{quote(source.table)}{where}"
+        to = literal(str(staging))
+        opts = (f"FORMAT parquet, COMPRESSION zstd, PARTITION_BY ({quote(source.key)}), "
+                f"FILENAME_PATTERN {literal(FILE_PATTERN)}, RETURN_FILES true")
+    else:
+        staging.mkdir(parents=True, exist_ok=True)
+        select = f"SELECT {cols} FROM {quote(source.table)}"
+        to = literal(str(staging / (FILE_PATTERN.format(i=0) + ".parquet")))
+        opts = "FORMAT parquet, COMPRESSION zstd, RETURN_FILES true"
+    row = wh.fetchone(f"COPY ({select}) TO {to} ({opts})", params or None,
+                      action=f"exporting {source.table}")
+    count, files = (int(row[0]), list(row[1])) if row else (0, [])
+    by_folder: dict[str, list[str]] = {}
+    for path in files:
+        rel = Path(path).relative_to(staging).as_posix()
+        folder, _, name = rel.rpartition("/")
+        by_folder.setdefault(folder, []).append(name)
+    written = []
+    for folder, names in sorted(by_folder.items()):
+        value = folder_value(folder) if source.key else None
+        rows, fp = plan.fingerprints[value] if value in plan.fingerprints else (-1, "")
+        written.append(Partition(value, folder, rows, 0, tuple(sorted(names)), fp, export_id))
+    expected = sum(plan.fingerprints[v][0] for v in plan.write)
+    got = {p.value for p in written}
+    if count != expected or got != set(plan.write):
+        raise ExportError(f"export of {source.table} wrote {count} rows in partitions "
+                          f"{sorted(got, key=sort_key)}, expected {expected} rows in "
+                          f"{sorted(plan.write, key=sort_key)}; nothing was published; run "
+                          "lake export again")
+    return written
+
+
+def _with_bytes(p: Partition, sizes: dict[str, int]) -> Partition:
+    total = sum(sizes[relative_path(p.folder, f)] for f in p.files)
+    return Partition(p.value, p.folder, p.rows, total, p.files, p.fingerprint, p.written_by)
+
+
+def _record(wh: Warehouse, paths: LakePaths, target: ExportTarget,
+            previous: dict[str, Any] | None, doc: dict[str, Any] | None, started: float) -> None:
+    """Record the export (and a published export meta does not know yet) in one transaction."""
+    ids = [d["export_id"] for d in (previous, doc) if d]
+    known = {r[0] for r in wh.fetchall(
+        "SELECT export_id FROM meta.exports WHERE export_id IN (SELECT unnest(?::VARCHAR[]))",
+        [ids], action="reading meta.exports")}
+    # A kill between a pointer and its meta commit leaves meta one export behind: the
+    # pointer is the truth, so its export is recorded now, as 'recovered'.
+    recover = (previous is not None and previous.get("format") == POINTER_FORMAT
+               and previous["export_id"] not in known)
+    if not recover and doc is None:
+        return
+    mark_publish_pending(paths)  # before the commit: a kill after it still republishes
+    with wh.transaction("recording the export"):
+        if recover and previous is not None:
+            _insert_export(wh, target, previous, "recovered", None, [])
+        if doc is not None:
+            removed = set(doc.get("removed", []))
+            gone = [p for p in pointer_partitions(previous) if p.folder in removed] \
+                if removed else []
+            _insert_export(wh, target, doc, "published", started, gone)
+
+
+def _insert_export(wh: Warehouse, target: ExportTarget, doc: dict[str, Any], status: str,
+                   started: float | None, removed: list[Partition]) -> None:
+    partitions = pointer_partitions(doc)
+    written = set(doc.get("written", []))
+    now = utcnow()
+    seconds = time.monotonic() - started if started is not None else None
+    began = now - timedelta(seconds=seconds) if seconds is not None else None
+    fresh = [p for p in partitions if p.folder in written]
+    wh.execute(
+        "INSERT INTO meta.exports VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+        "?)",
+        [doc["export_id"], doc["table"], target.url, doc["path"], doc.get("partition_key"),
+         bool(doc.get("full")), status, doc.get("rows"), doc.get("bytes"), doc.get("files"),
+         len(fresh), len(partitions) - len(fresh), len(doc.get("removed", [])),
+         sum(p.rows for p in fresh), sum(p.bytes for p in fresh), began,
+         now if began else None, int(seconds * 1000) if seconds is not None else None, now],
+        action="recording the export")
+    rows = [_partition_row(doc, target, p, "written" if p.folder in written else "carried")
+            for p in partitions]
+    rows += [_partition_row(doc, target, p, "removed") for p in removed]
+    # Plain parameters, not an Arrow table: registering one makes DuckDB import pandas,
+    # which costs a CLI process more than the whole export of a small table.
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[start:start + _INSERT_CHUNK]
+        marks = ", ".join(["(" + ", ".join(["?"] * len(_PARTITION_COLUMNS)) + ")"] * len(chunk))
+        wh.execute(f"INSERT INTO meta.export_partitions ({', '.join(_PARTITION_COLUMNS)}) "
+                   f"VALUES {marks}", [r[c] for r in chunk for c in _PARTITION_COLUMNS],
+                   action="recording the export's partitions")
+
+
+def _partition_row(doc: dict[str, Any], target: ExportTarget, p: Partition,
+                   action: str) -> dict[str, Any]:
+    return {"export_id": doc["export_id"], "table_name": doc["table"], "target": target.url,
+            "partition_value": p.value, "folder": p.folder, "action": action, "rows": p.rows,
+            "bytes": p.bytes, "files": len(p.files), "fingerprint": p.fingerprint,
+            "written_by": p.written_by}
+
+
+def _dry_run(paths: LakePaths, table: str, target: ExportTarget, options: ExportOptions,
+             report: ExportReport) -> None:
+    """Plan against the published snapshot (no lock: a dry run is a reader)."""
+    if not paths.read_snapshot.exists():
+        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
+                         "and `lake load` first")
+    wh = open_warehouse(paths.read_snapshot, read_only=True)
+    try:
+        source = describe_source(wh, table)
+        report.partition_key = source.key
+        pointer = target.read_pointer()
+        plan = plan_export(wh, source, pointer, target, full=options.full)
+    finally:
+        wh.close()
+    _fill_plan(report, plan, pointer)
+    if plan.up_to_date and pointer is not None:
+        _report_current(report, target, pointer)
+    else:
+        report.rows = sum(n for n, _ in plan.fingerprints.values())
+        report.rows_written = sum(plan.fingerprints[v][0] for v in plan.write)
+
+
+def _fill_plan(report: ExportReport, plan: Plan, pointer: dict[str, Any] | None) -> None:
+    report.full, report.reason = plan.full, plan.reason
+    report.up_to_date = plan.up_to_date and pointer is not None
+    report.written = list(plan.write)
+    report.carried_over = [p.value for p in plan.carry]
+    report.removed = [p.value for p in plan.remove]
+
+
+def _report_current(report: ExportReport, target: ExportTarget, pointer: dict[str, Any]) -> None:
+    """Nothing changed: the report names the export already published."""
+    report.export_id = str(pointer["export_id"])
+    report.path = target.display("_v", report.export_id)
+    report.current = target.display(CURRENT_LINK) if target.local else None
+    report.rows, report.bytes = int(pointer.get("rows", 0)), int(pointer.get("bytes", 0))
+    report.files = int(pointer.get("files", 0))
+
+
+def new_export_id(now: datetime | None = None) -> str:
+    """An export id that sorts by time: ``<UTC time>-<8 hex>``."""
+    return f"{(now or datetime.now(UTC)).strftime(_ID_TIME)}-{secrets.token_hex(4)}"
+
+
+def _remove_local_temps(paths: LakePaths) -> None:
+    for path in paths.warehouse_dir.glob(f"{LOCAL_TEMP_BASE}{TMP_MARKER}*"):
+        _remove_tree(path)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _crash(crash_at: str | None, point: str) -> None:
+    """Testing hook: die here, as a power cut or the OOM killer would."""
+    if crash_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)
