@@ -35,8 +35,9 @@ from lakehouse.errors import LockHeldError, StopRequestedError
 
 PROCS = Path(__file__).resolve().parent / "compaction_procs.py"
 KEYS, LOADS = 20_000, 20
-META_TABLES = ("asset_checks", "asset_watermarks", "ingestion_run_assets", "ingestion_runs",
-               "schema_migrations", "staged_files", "staged_runs", "tables")
+META_TABLES = ("asset_checks", "asset_watermarks", "export_partitions", "exports",
+               "ingestion_run_assets", "ingestion_runs", "schema_migrations", "staged_files",
+               "staged_runs", "tables")
 
 
 # -- fixtures -------------------------------------------------------------------------------
