@@ -315,6 +315,12 @@ class _Loader:
         if contract is not None and batch.candidates:
             self._settle_and_screen(contract, batch)
             batch.candidates = []
+        if self.abort is not None:
+            # The load stops at the aborting run: runs after it stay in staging untouched,
+            # even those judged before validation (empty, corrupt, repeats).
+            stop = self.abort.run_id
+            batch.rejected = [r for r in batch.rejected if r[0].run_id < stop]
+            batch.skipped = [r for r in batch.skipped if r[0].run_id < stop]
         try:
             self._commit(contract, batch)
         except WarehouseError as exc:
@@ -651,8 +657,20 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
                 loader.finish_moves([r for r in refs if (r.table, r.run_id) in entries],
                                     entries)
                 pending = [r for r in refs if (r.table, r.run_id) not in entries]
+                aborted: list[LoadAbortedError] = []
                 for table in dict.fromkeys(r.table for r in pending):
-                    loader.load_table(table, [r for r in pending if r.table == table])
+                    try:
+                        loader.load_table(table, [r for r in pending if r.table == table])
+                    except LoadAbortedError as exc:
+                        # An abort stops its own table at that run; the other tables load,
+                        # whatever order the tables are visited in.
+                        aborted.append(exc)
+                        loader.abort = None
+                if aborted:
+                    first, *more = aborted
+                    also = "".join(f"; table {a.table} also stopped at run {a.run_id}: "
+                                   f"{a.reason}" for a in more)
+                    raise LoadAbortedError(first.table, first.run_id, first.reason + also)
             report.tables = table_summaries(wh, config)
             wh.checkpoint()
         except BaseException:

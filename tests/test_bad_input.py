@@ -510,3 +510,30 @@ def test_symlinked_run_folder_is_not_followed(lake: Lake) -> None:
     assert rows_of_run(lake, "logs", hand_run_id(2)) == 0
     assert lake.ledger().get(hand_run_id(2)) != "loaded"
     assert (target / "part-00000.parquet").is_file()  # never moved out from under its owner
+
+
+def test_abort_stops_only_its_table_and_leaves_its_later_runs_untouched(lake: Lake) -> None:
+    """An abort is per table: the other tables load whatever order they are visited in, and
+    the aborting table's later runs stay staged even when they would be rejected or skipped
+    without validation (an empty run, a repeat): found by the reference model."""
+    before, rows_before = good_run(lake.root, "logs", 0)
+    earlier, bad, empty, repeat = (hand_run_id(n) for n in (1, 2, 3, 4))
+    good_readings = readings_table([("s-1", T0, 1.0)])
+    write_run_by_hand(lake.root, "strict", earlier, {"part-00000.parquet": good_readings})
+    write_run_by_hand(lake.root, "strict", bad,
+                      {"part-00000.parquet": readings_table([("s-1", T0, 999.0)])})
+    write_run_by_hand(lake.root, "strict", empty, {"part-00000.parquet": good_readings.slice(0, 0)})
+    write_run_by_hand(lake.root, "strict", repeat, {"part-00000.parquet": good_readings})
+    after, rows_after = good_run(lake.root, "logs", 1)  # (hand run ids sort first)
+
+    with pytest.raises(LoadAbortedError) as info:
+        lake.load()
+
+    assert (info.value.table, info.value.run_id) == ("strict", bad)
+    ledger = lake.ledger()
+    assert ledger.get(before) == ledger.get(after) == ledger.get(earlier) == "loaded"
+    assert rows_of_run(lake, "logs", before) == rows_before
+    assert rows_of_run(lake, "logs", after) == rows_after
+    assert lake.staged("strict") == [bad, empty, repeat]
+    assert not {bad, empty, repeat} & set(ledger)
+    assert lake.quarantined("strict") == [] and lake.archived("strict") == [earlier]
