@@ -138,6 +138,7 @@ class Chaos:
         self.timings: dict[str, float] = {}
         self.t0 = time.monotonic()
         self.load_start = [round(x, 2) for x in os.getloadavg()]
+        self.product = product_version()
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -436,7 +437,9 @@ class Chaos:
         result["ok"] = all(c["ok"] for c in checker_checks)
         result["root"] = str(self.root)
         result["work"] = str(self.work)
-        result["product"] = product_version()
+        result["product"] = self.product
+        if product_version() != self.product:
+            result["product_at_end"] = product_version()  # others committed during the run
         result["machine"] = {"cpus": os.cpu_count(), "load_average_at_start": self.load_start,
                              "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
         return result
@@ -501,7 +504,9 @@ def product_version() -> str:
                                   timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
     dirty = git("status", "--porcelain", "--", "lakehouse", "loader", "staging")
     return commit + (" + uncommitted changes" if dirty else "")
 
