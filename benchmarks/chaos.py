@@ -84,9 +84,10 @@ class Call:
         if self.killed:
             return self.kill_after is None and self.crash_at is None
         if self.rc == -signal.SIGTERM and self.term_after is not None:
-            # SIGTERM while the interpreter was still starting, before `lake` installed its
-            # handler: the default action ends it before it did anything.
-            return False
+            # Our SIGTERM while the interpreter was still starting, before any of `lake`'s
+            # code ran (it installs an exit-75 handler first thing): it did nothing, said
+            # nothing. Once it has printed anything, -15 is a wrong exit code.
+            return bool(self.stdout or self.stderr)
         if self.rc not in ALLOWED[self.command] or "Traceback" in self.stderr:
             return True
         # Busy or stopped (75): one line that says what happened (the holder, or the signal).
@@ -189,8 +190,8 @@ class Chaos:
             self.stats.kills[f"{command} (crash point)"] += 1
         elif term_after is not None and call.rc == 75:
             self.stats.kills[f"{command} (SIGTERM, stopped at a safe point)"] += 1
-        elif term_after is not None and call.rc == -signal.SIGTERM:
-            self.stats.kills[f"{command} (SIGTERM while starting)"] += 1
+        elif term_after is not None and call.rc == -signal.SIGTERM and not call.unexpected:
+            self.stats.kills[f"{command} (SIGTERM while Python starts)"] += 1
         if call.unexpected:
             self.say(f"UNEXPECTED: lake {command} {' '.join(args)} exit {call.rc}"
                      f"{' at ' + crash_at if crash_at else ''}: {err.strip()[-600:]}")
