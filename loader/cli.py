@@ -78,16 +78,33 @@ def main() -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
     _exit_75_on_signals()
     try:
+        code = _run()
+    except SystemExit as exc:  # the signal handler above, or a library's sys.exit
+        code = exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None \
+            else EXIT_ERROR
+    # The outcome is decided: from here a SIGTERM must not turn it into a bare -15. While
+    # Python shuts down (tearing down duckdb, pandas and polars takes a while) it puts the
+    # default action back for signals it handled, but leaves ignored ones ignored, in every
+    # thread (found by make chaos: a load that had committed and printed its report
+    # exited -15).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
+def _run() -> int:
+    """Run the command; return its exit code."""
+    try:
         code = cli.main(standalone_mode=False, prog_name="lake")
     except click.exceptions.Abort:
         click.echo("lake: aborted", err=True)
-        sys.exit(EXIT_ERROR)
+        return EXIT_ERROR
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+        return EXIT_USAGE if exc.exit_code == 2 else exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(code or EXIT_OK)
+        return exc.exit_code
+    return int(code or EXIT_OK)
 
 
 def _exit_75_on_signals() -> None:

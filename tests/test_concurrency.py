@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from chaos_procs import (
     KEY_COLUMN,
@@ -330,3 +331,29 @@ def test_sigterm_outside_a_load_exits_75_with_a_message(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_sigterm_after_the_report_never_exits_minus_15(tmp_path: Path) -> None:
+    """A SIGTERM that lands after a load printed its report (while Python shuts down) leaves
+    the exit code the load's own, or 75, never a bare -15 (found by make chaos)."""
+    from staging import stage
+
+    lk = lake_root(tmp_path, batch_max_runs=2)
+    codes = []
+    for i in range(6):
+        stage(lk.root, "plain", pa.table({"id": pa.array([i], pa.int64())}))
+        proc = subprocess.Popen([sys.executable, "-m", "loader.cli", "--root", str(lk.root),
+                                 "load", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        out = ""
+        for line in proc.stdout:
+            out += line
+            if line.startswith("}"):  # the report is complete: the load is done
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, err = proc.communicate(timeout=60)
+        assert json.loads(out + rest)["runs_loaded"] == 1
+        codes.append(proc.returncode)
+        assert proc.returncode in (0, EXIT_BUSY), (codes, err)
+    assert lk.rows("SELECT count(*) FROM plain") == [(6,)]
