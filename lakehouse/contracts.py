@@ -8,6 +8,7 @@ keys unique within the run) run on Arrow first, without pandera.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 from dataclasses import dataclass, field
@@ -25,12 +26,22 @@ _SCHEMA_LEVEL_PREFIXES = ("dtype(", "column_in_schema", "column_in_dataframe", "
                           "column_ordered", "multiple_dtypes", "add_missing_columns")
 
 
+# Below this many rows per chunk on average, a table is made contiguous before polars sees it.
+_SMALL_CHUNK_ROWS = 10_000
+
+
 @dataclass(frozen=True)
 class ResolvedSchema:
-    """A loaded pandera schema and the backend that validates it."""
+    """A loaded pandera schema and the backend that validates it.
+
+    ``keyed_schema`` is the same schema without the uniqueness checks that a unique primary
+    key implies (``None`` when it has none): used for rows whose keys Lake already found
+    unique, where those checks cannot fail and would only hash every key again.
+    """
 
     schema: Any
     backend: str  # "pandas" | "polars"
+    keyed_schema: Any = None
 
 
 @dataclass
@@ -127,15 +138,42 @@ def _as_resolved(obj: Any, contract: TableContract, config: LakeConfig) -> Resol
         obj = obj.to_schema()  # a DataFrameModel class
     module = type(obj).__module__
     if module.startswith("pandera.api.polars"):
-        return ResolvedSchema(obj, "polars")
+        return ResolvedSchema(obj, "polars", without_key_uniqueness(obj, contract.primary_key))
     if module.startswith("pandera.api.pandas"):
-        return ResolvedSchema(obj, "pandas")
+        return ResolvedSchema(obj, "pandas", without_key_uniqueness(obj, contract.primary_key))
     raise ConfigError(
         f"{contract.schema or contract.schema_file!r} is a {type(obj).__name__}, not a pandera "
         "DataFrameSchema or DataFrameModel (pandas or polars API)",
         table=contract.name, key="schema" if contract.schema else "schema_file",
         path=str(config.paths.config),
     )
+
+
+def without_key_uniqueness(schema: Any, key: tuple[str, ...]) -> Any:
+    """``schema`` minus the uniqueness checks implied by ``key`` being unique, or ``None``.
+
+    Implied: a column-level ``unique`` on the one key column, and a frame-level ``unique``
+    over a superset of the key columns. A schema that coerces the key keeps its checks, since
+    coercion can make distinct stored values equal.
+    """
+    columns = getattr(schema, "columns", None)
+    if not key or not isinstance(columns, dict) or getattr(schema, "coerce", False):
+        return None
+    key_columns = [columns.get(k) for k in key]
+    if any(c is None or getattr(c, "regex", False) or getattr(c, "coerce", False)
+           for c in key_columns):
+        return None
+    relaxed = schema
+    try:
+        if len(key) == 1 and getattr(key_columns[0], "unique", False):
+            relaxed = schema.update_column(key[0], unique=False)  # returns a copy
+        frame_unique = getattr(schema, "unique", None)
+        if frame_unique and set(key) <= set(frame_unique):
+            relaxed = copy.deepcopy(relaxed) if relaxed is schema else relaxed
+            relaxed.unique = None
+    except Exception:  # a schema pandera cannot copy or update: it keeps every check
+        return None
+    return None if relaxed is schema else relaxed
 
 
 def _import_from_root(root: Path, module_name: str) -> Any:
@@ -193,12 +231,26 @@ def check_runs(tables: list[pa.Table], contract: TableContract,
     eligible = [i for i, o in enumerate(outcomes) if not o.schema_level]
     if contract.validation == "grouped" and len(eligible) > 1:
         group = ValidationOutcome()
-        _check_pandera(pa.concat_tables([tables[i] for i in eligible]), resolved, group)
+        group_tables = [tables[i] for i in eligible]
+        _check_pandera(pa.concat_tables(group_tables), resolved, group,
+                       keys_checked=group_unique and _keys_present(group_tables, contract))
         if group.ok:
             return outcomes
     for i in eligible:
-        _check_pandera(tables[i], resolved, outcomes[i])
+        # The run's own key check found no repeat (or the group's did): pandera's
+        # uniqueness check on the key cannot fail.
+        checked = ((group_unique or outcomes[i].duplicate_keys == 0)
+                   and _keys_present([tables[i]], contract))
+        _check_pandera(tables[i], resolved, outcomes[i], keys_checked=checked)
     return outcomes
+
+
+def _keys_present(tables: list[pa.Table], contract: TableContract) -> bool:
+    """True when every table has the key columns, without nulls (so ``keys_unique`` and
+    ``duplicate_key_rows`` judged exactly the values pandera would compare)."""
+    key = contract.primary_key
+    return bool(key) and all(k in t.column_names and not t.column(k).null_count
+                             for t in tables for k in key)
 
 
 def _check_keys_and_partition(table: pa.Table, contract: TableContract,
@@ -245,14 +297,38 @@ def keys_unique(tables: list[pa.Table], key: tuple[str, ...]) -> bool:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return False
     total = sum(t.num_rows for t in tables)
-    return total > 0 and pc.count_distinct(column, mode="all").as_py() == total
+    if total == 0:
+        return False
+    return strictly_increasing(column) or \
+        pc.count_distinct(column, mode="all").as_py() == total
+
+
+def strictly_increasing(column: pa.ChunkedArray | pa.Array) -> bool:
+    """True when every value is greater than the one before (so none repeats), without nulls.
+
+    Sequence keys usually arrive in order: one vectorised comparison (~1 ms per million
+    rows) then answers "unique" without hashing every key (~60-90 ms per million).
+    """
+    if column.null_count:
+        return False
+    if len(column) < 2:
+        return True
+    try:
+        greater = pc.greater(column[1:], column[:-1])
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        return False  # a type without an order (a struct, say): hash it instead
+    return pc.all(greater).as_py() is True
 
 
 def duplicate_key_rows(table: pa.Table, key: tuple[str, ...]) -> list[int]:
     """Row numbers whose key occurs more than once in ``table`` (every occurrence)."""
     if len(key) == 1:
-        # Fast path: a hash count of distinct values answers "no duplicates" without grouping.
-        distinct = pc.count_distinct(table.column(key[0]), mode="all").as_py()
+        # Fast paths: keys in increasing order, or a hash count of distinct values, answer
+        # "no duplicates" without grouping.
+        column = table.column(key[0])
+        if strictly_increasing(column):
+            return []
+        distinct = pc.count_distinct(column, mode="all").as_py()
         if distinct == table.num_rows:
             return []
     keyed = table.select(list(key)).append_column(
@@ -269,12 +345,17 @@ def _key_text(table: pa.Table, key: tuple[str, ...], row: int) -> str:
     return ",".join(str(table.column(k)[row].as_py()) for k in key)
 
 
-def _check_pandera(table: pa.Table, resolved: ResolvedSchema, outcome: ValidationOutcome) -> None:
+def _check_pandera(table: pa.Table, resolved: ResolvedSchema, outcome: ValidationOutcome,
+                   *, keys_checked: bool = False) -> None:
+    """Validate with pandera; ``keys_checked``: Lake found the rows' keys unique and not null."""
     from pandera.errors import SchemaError, SchemaErrors
 
+    schema = resolved.schema
+    if keys_checked and resolved.keyed_schema is not None:
+        schema = resolved.keyed_schema
     frame = _to_frame(table, resolved.backend)
     try:
-        resolved.schema.validate(frame, lazy=True)
+        schema.validate(frame, lazy=True)
     except SchemaErrors as exc:
         _collect_failure_cases(exc.failure_cases, outcome)
     except SchemaError as exc:  # raised by some checks even under lazy=True
@@ -286,6 +367,11 @@ def _to_frame(table: pa.Table, backend: str) -> Any:
     if backend == "polars":
         import polars as pl
 
+        chunks = table.column(0).num_chunks if table.num_columns else 0
+        if chunks > 1 and table.num_rows < chunks * _SMALL_CHUNK_ROWS:
+            # pandera's polars checks pay per chunk: for a group of small runs one copy is
+            # cheaper (2,000 runs of 100 rows: 60 ms in chunks, 20 ms contiguous).
+            table = table.combine_chunks()
         return pl.from_arrow(table, rechunk=False)
     # Keep Arrow's time units (no nanosecond coercion: far-future timestamps would overflow).
     return table.to_pandas(coerce_temporal_nanoseconds=False)

@@ -4,13 +4,15 @@ A batch is one Arrow table registered on the connection: the runs' rows in load 
 ``_lake_run_id`` (which run) and ``_lake_row`` (position in the batch, for "last wins").
 Keys are enforced here, not by a DuckDB PRIMARY KEY (index maintenance roughly doubles insert
 time): a delete-join against the table inside the merge transaction. Rows are inserted in
-partition order so DuckDB's row-group min/max lets queries skip partitions.
+partition order so DuckDB's row-group min/max lets queries skip partitions; a batch that is
+already in that order (one partition, or runs that arrive in time order) is not sorted again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,8 @@ _UINT_RANK = {"UTINYINT": 1, "USMALLINT": 2, "UINTEGER": 3, "UBIGINT": 4}
 _NAIVE_TS = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
 # An all-null Arrow column (pandas makes one of an all-None column) has DuckDB type NULL.
 _NULL_TYPES = {"NULL", '"NULL"'}
+# Up to this many date partitions in a batch, _lake_partition is looked up with a CASE.
+_LOOKUP_MAX_PARTITIONS = 8
 
 
 @dataclass
@@ -63,6 +67,10 @@ class MergeStats:
 def build_batch(tables: list[pa.Table], run_ids: list[str]) -> pa.Table:
     """Concatenate runs of one schema, tagging each row with its run and batch position."""
     data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    # One contiguous array per column: DuckDB scans an Arrow table chunk by chunk and, to keep
+    # insertion order, merges what each chunk inserted; with many chunks that costs more than
+    # this copy (an unsorted insert of 1M rows in 20 chunks: ~0.38 s, contiguous: ~0.2 s).
+    data = data.combine_chunks()
     lengths = [t.num_rows for t in tables]
     seq = np.repeat(np.arange(len(tables), dtype=np.int32), lengths)
     run_column = pa.DictionaryArray.from_arrays(pa.array(seq, pa.int32()),
@@ -223,9 +231,10 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
     stats = MergeStats()
     table = quote(contract.name)
     user = ", ".join(quote(n) for n, _ in run_columns)
-    source = (f"SELECT {user}, {partition_sql} AS {PARTITION_COLUMN}, "
-              f"CAST({RUN_ID_COLUMN} AS VARCHAR) AS {RUN_ID_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN} "
-              f"FROM {BATCH_NAME}")
+    # The run id is looked up from _lake_seq after any sort: a sort carries every column it
+    # outputs, and a 40-character id per row costs ~15% of the insert.
+    source = (f"SELECT {user}, {partition_sql} AS {PARTITION_COLUMN}, {SEQ_COLUMN}, "
+              f"{ROW_COLUMN} FROM {BATCH_NAME}")
     keys = contract.primary_key
     qualify = ""
     if contract.merge == "upsert":
@@ -249,17 +258,41 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
             # Within a batch, a partition is replaced by the last run that touches it.
             qualify = (f" QUALIFY {SEQ_COLUMN} = max({SEQ_COLUMN}) "
                        f"OVER (PARTITION BY {PARTITION_COLUMN})")
+    # The statistics read only the batch, so they can come first: they tell whether the rows
+    # already are in partition order, and which partitions the batch holds.
+    summary = _partition_stats(wh, contract, f"{source}{qualify}",
+                               _column_type(run_columns, contract))
+    stats.partitions = summary.partitions
+    lookup = _partition_lookup(contract, summary, partition_sql)
+    if lookup != partition_sql:
+        source = (f"SELECT {user}, {lookup} AS {PARTITION_COLUMN}, {SEQ_COLUMN}, "
+                  f"{ROW_COLUMN} FROM {BATCH_NAME}")
+    # Without ORDER BY, DuckDB keeps the scan's order (preserve_insertion_order, on by
+    # default); a QUALIFY window does not, so a deduplicated batch is always sorted.
+    order = "" if contract.partition_by is None or (summary.ordered and not qualify) else \
+        f" ORDER BY {PARTITION_COLUMN}"
+    # The outer projection keeps the order of the subquery's ORDER BY (DuckDB preserves row
+    # order through projections), so rows still land in partition order.
     row = wh.fetchone(
-        f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}, {ROW_COLUMN}) FROM "
-        f"({source}{qualify}) ORDER BY {PARTITION_COLUMN}",
-        action=f"inserting into {contract.name}")
+        f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}), "
+        f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
+        f"(SELECT * EXCLUDE ({ROW_COLUMN}) FROM ({source}{qualify}){order})",
+        [_run_ids(wh)], action=f"inserting into {contract.name}")
     inserted = int(row[0]) if row else 0
     stats.rows_inserted = inserted - stats.rows_updated
     if contract.merge == "replace_partition":
         stats.rows_updated = 0
-    stats.partitions = _partition_stats(wh, contract, f"{source}{qualify}",
-                                        _column_type(run_columns, contract))
     return stats
+
+
+def _run_ids(wh: Warehouse) -> list[str]:
+    """The registered batch's run ids, indexed by ``_lake_seq``."""
+    rows = wh.fetchall(f"SELECT {SEQ_COLUMN}, any_value({RUN_ID_COLUMN}) FROM {BATCH_NAME} "
+                       "GROUP BY 1 ORDER BY 1", action="reading the batch's runs")
+    ids = [""] * (max(r[0] for r in rows) + 1 if rows else 0)
+    for seq, run_id in rows:
+        ids[seq] = str(run_id)
+    return ids
 
 
 def _column_type(run_columns: list[tuple[str, str]], contract: TableContract) -> str | None:
@@ -269,18 +302,67 @@ def _column_type(run_columns: list[tuple[str, str]], contract: TableContract) ->
     return next((t for n, t in run_columns if n.lower() == spec.column.lower()), None)
 
 
+@dataclass
+class _Summary:
+    """What the statistics query learnt about a batch."""
+
+    partitions: dict[str, PartitionStats]
+    ordered: bool  # rows already in partition order (by batch position)
+    keys: list[str] = field(default_factory=list)  # date_trunc of each partition, as text
+    key_type: str = ""  # DuckDB type of those keys
+
+
 def _partition_stats(wh: Warehouse, contract: TableContract, rows_sql: str,
-                     column_type: str | None) -> dict[str, PartitionStats]:
-    """Rows written per partition (after dedupe) and the partition column's range there."""
+                     column_type: str | None) -> _Summary:
+    """Rows written per partition (after dedupe) and the partition column's range there; and
+    whether the rows are already in partition order (each partition's batch positions come
+    after the previous partition's)."""
     spec = contract.partition_by
     if spec is None:
         row = wh.fetchone(f"SELECT count(*) FROM ({rows_sql})")
-        return {"": PartitionStats(int(row[0]) if row else 0)}
+        return _Summary({"": PartitionStats(int(row[0]) if row else 0)}, True)
     col = quote(spec.column)
+    value = col
     if column_type and column_type.startswith("TIMESTAMP WITH TIME ZONE"):
-        col = f"CAST({col} AS TIMESTAMP)"  # UTC wall time (the session time zone is UTC)
+        value = f"CAST({col} AS TIMESTAMP)"  # UTC wall time (the session time zone is UTC)
+    if spec.granularity in _FORMATS:
+        # Group on the truncated value and format each group once (formatting every row
+        # doubles the query: ~40 ms against ~18 ms per million rows). strftime of date_trunc
+        # is the row's own partition text: the format shows only fields that date_trunc keeps
+        # (and both read time zones in UTC).
+        key = f"date_trunc({literal(spec.granularity)}, {col})"
+        text = f"strftime(_lake_key, {literal(_FORMATS[spec.granularity])})"
+    else:
+        key, text = PARTITION_COLUMN, "_lake_key"
     rows = wh.fetchall(
-        # GROUP BY position: an alias could be shadowed by a user column of the same name.
-        f"SELECT {PARTITION_COLUMN}, count(*), min({col}), max({col}) FROM ({rows_sql}) "
-        "GROUP BY 1 ORDER BY 1", action=f"summarising partitions of {contract.name}")
-    return {str(p): PartitionStats(int(n), lo, hi) for p, n, lo, hi in rows}
+        # Positions and _lake_ names: a user column can shadow neither. The outer GROUP BY
+        # only merges groups that format alike (a few rows), as grouping on the text would.
+        f"SELECT {text}, sum(_lake_rows), min(_lake_min), max(_lake_max), min(_lake_first), "
+        f"max(_lake_last), list(CAST(_lake_key AS VARCHAR)), any_value(typeof(_lake_key)) "
+        f"FROM (SELECT {key} AS _lake_key, count(*) AS _lake_rows, "
+        f"min({value}) AS _lake_min, max({value}) AS _lake_max, "
+        f"min({ROW_COLUMN}) AS _lake_first, max({ROW_COLUMN}) AS _lake_last "
+        f"FROM ({rows_sql}) GROUP BY 1) GROUP BY 1 ORDER BY 1",
+        action=f"summarising partitions of {contract.name}")
+    return _Summary(
+        {str(r[0]): PartitionStats(int(r[1]), r[2], r[3]) for r in rows},
+        ordered=all(before[5] < after[4] for before, after in pairwise(rows)),
+        keys=[k for r in rows for k in r[6]], key_type=str(rows[0][7]) if rows else "")
+
+
+def _partition_lookup(contract: TableContract, summary: _Summary, partition_sql: str) -> str:
+    """``partition_sql``, or for a batch of a few date partitions an equivalent CASE on the
+    truncated value: comparing a timestamp with a few constants costs about half of
+    formatting every row (and a fifth of the insert). Rows that match no key (none should)
+    fall back to ``partition_sql``."""
+    spec = contract.partition_by
+    if (spec is None or spec.granularity not in _FORMATS or not summary.keys
+            or len(summary.keys) > _LOOKUP_MAX_PARTITIONS):
+        return partition_sql
+    fmt = literal(_FORMATS[spec.granularity])
+    # Each text is strftime of its own key (DuckDB folds the constant), so a row that
+    # matches gets exactly what partition_sql gives it: strftime(date_trunc(x)) = strftime(x).
+    whens = " ".join(f"WHEN {k} THEN strftime({k}, {fmt})" for k in
+                     (f"CAST({literal(key)} AS {summary.key_type})" for key in summary.keys))
+    return (f"CASE date_trunc({literal(spec.granularity)}, {quote(spec.column)}) {whens} "
+            f"ELSE {partition_sql} END")
