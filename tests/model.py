@@ -1,37 +1,56 @@
-"""A pure-Python reference model of what the warehouse holds after a sequence of runs.
+"""A pure-Python reference model of what the warehouse holds after a sequence of runs and loads.
 
 The model knows nothing of Lake's code: it applies the load semantics of ``docs/LOADING.md``
 and ``docs/CONTRACTS.md`` one run at a time, in run-id order, to plain Python lists. The
 property tests in ``test_model.py`` stage the same runs with the real producer API, load them
 with the real loader (in one load, or one load per run, with small batches) and compare the
-warehouse and the ledger with :func:`simulate`.
+warehouse, the ledger and the run folders with :func:`simulate`.
 
 Batches are not part of the model: a load that merges many runs in batches must end where
 loading the same runs one at a time ends (batching saves transactions, it changes no result;
-``tests/test_merge.py`` asserts the same for its hand-written cases). Each run is one file, so
-"every file of the run repeats loaded content" is "the run's content was loaded before".
+``tests/test_merge.py`` asserts the same for its hand-written cases). Nor is the validation
+mode: ``validation = "per_run"`` and the default grouped validation give the same result for
+row checks (CONTRACTS.md); a contract with a dataframe-wide check (``frame_check``) must use
+``per_run``, and the model judges that check on one run's rows at a time.
+
+Loads matter only through ``on_invalid = "abort"`` (LOADING.md section 6): a load processes
+the runs still in staging in run-id order, and an abort is per table. When a run of an
+``abort`` table fails validation, that table's load stops there: the run and every later run
+of the table stay in staging untouched, with no ledger row (even a run that would be
+quarantined or skipped without validation); the table's earlier runs keep what the load did;
+the other tables load as usual; and the load reports the stop (``LoadAbortedError`` naming
+the run, exit 3). The next load meets that run again.
 
 What a run goes through, in this order (the first rule that applies decides):
 
 1. no rows -> quarantined ``empty_run``;
 2. its idempotency key was loaded before for its table -> skipped ``duplicate_key``;
-3. ``append`` only: its content (its one file) was loaded before -> skipped
-   ``duplicate_content``;
-4. validation: a null key or partition value, a key repeated within the run (not for
-   ``upsert``, where the last row of a key wins) or a row the table's row check refuses makes
-   the row invalid. ``quarantine``: the run is quarantined ``contract_violation``;
-   ``drop_rows``: the invalid rows are dropped, and a run left with no rows is quarantined;
+3. repeated content (per file, by checksum): ``append`` drops every file whose content was
+   loaded before (by another run); a run made only of such files is skipped
+   ``duplicate_content``. ``upsert`` and ``replace_partition`` merge such files again and
+   record the warning check ``content_not_repeated``. Two equal files of one run are not
+   repeats of each other;
+4. validation, on the rows left: a null key or partition value, a key repeated within the run
+   (not for ``upsert``, where the last row of a key wins) or a row the contract's row check
+   refuses makes the row invalid; a dataframe-wide check that fails fails the whole run.
+   ``quarantine``: the run is quarantined ``contract_violation`` (every row rejected);
+   ``drop_rows``: the invalid rows are dropped, and a run left with no rows, or failing a
+   dataframe-wide check (no row filter fixes it), is quarantined; ``abort``: the table's
+   load stops (see above);
 5. schema, once the table exists: a column of the table missing from the run, a type that
    does not load losslessly, or a new column under ``freeze`` -> quarantined
-   ``schema_change``; under ``add_columns`` new columns are added (older rows read NULL);
+   ``schema_change`` (whatever ``on_invalid`` says); under ``add_columns`` new columns are
+   added (older rows read NULL);
 6. ``append`` with a primary key: rows whose key is already in the table are a
-   ``key_conflict`` (quarantined, or only those rows dropped under ``drop_rows`` unless no
-   row is left);
-7. merge: ``append`` inserts; ``upsert`` replaces rows by key (last row of a key in the run
-   wins); ``replace_partition`` replaces every partition the run touches with its rows.
+   ``key_conflict`` (quarantined; only those rows dropped under ``drop_rows`` unless no
+   row is left; under ``abort`` the table's load stops);
+7. merge: ``append`` inserts; ``upsert`` replaces rows by key (last row of a key in the run,
+   files in manifest order, wins); ``replace_partition`` replaces every partition the run's
+   loaded rows touch with those rows.
 
-"Loaded before" means by a run the ledger records as loaded: a run that was skipped or
-quarantined contributes no key, no content and no row.
+"Loaded before" means by a run the ledger records as loaded: a run that was skipped,
+quarantined or left in staging contributes no key, no content and no row. A loaded run's
+files all count as loaded content (also files whose rows were all dropped).
 """
 
 from __future__ import annotations
@@ -69,9 +88,16 @@ class TableSpec:
     primary_key: tuple[str, ...] = ()
     partition_column: str | None = None
     granularity: str = "identity"  # identity | day | month | year
-    on_invalid: str = "quarantine"  # quarantine | drop_rows
+    on_invalid: str = "quarantine"  # quarantine | drop_rows | abort
     schema_evolution: str = "freeze"  # freeze | add_columns
     row_check: Callable[[Row], bool] | None = None  # the pandera contract's row checks
+    # A dataframe-wide check of the contract (sees every row of one run); needs per_run.
+    frame_check: Callable[[list[Row]], bool] | None = None
+    validation: str = "grouped"  # grouped | per_run: no effect on the result
+
+    def __post_init__(self) -> None:
+        assert self.frame_check is None or self.validation == "per_run", \
+            "CONTRACTS.md: dataframe-wide checks that aggregate over rows need per_run"
 
     def partition_value(self, row: Row) -> str | None:
         """The ``_lake_partition`` text of a valid row."""
@@ -82,26 +108,38 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class StagedRun:
-    """One committed producer run of one Parquet file: its columns, rows and idempotency key.
+    """One committed producer run: its columns, its files' rows and its idempotency key.
 
-    ``columns`` are ``(name, arrow type text)`` in file order; each row is a tuple aligned
-    with them. Two runs with equal ``content`` are staged as byte-identical files.
+    ``columns`` are ``(name, arrow type text)`` in file order; ``files`` holds each Parquet
+    file's rows (in manifest order), each row a tuple aligned with ``columns``. Two files
+    with equal :meth:`file_contents` are staged as byte-identical files.
     """
 
     table: str
     columns: tuple[tuple[str, str], ...]
-    rows: tuple[tuple[Any, ...], ...]
+    files: tuple[tuple[tuple[Any, ...], ...], ...]
     key: str | None = None
 
     @property
-    def content(self) -> tuple[Any, ...]:
-        """What decides the staged file's bytes (and so its checksum)."""
-        return (self.columns, self.rows)
+    def rows(self) -> tuple[tuple[Any, ...], ...]:
+        """Every row of the run, files in manifest order."""
+        return tuple(r for f in self.files for r in f)
 
-    def dicts(self) -> list[Row]:
-        """The rows as ``{column: value}``."""
+    def file_contents(self) -> list[tuple[Any, ...]]:
+        """What decides each staged file's bytes (and so its checksum)."""
+        return [(self.columns, f) for f in self.files]
+
+    def dicts(self, files: Sequence[int] | None = None) -> list[Row]:
+        """The rows of ``files`` (default: all) as ``{column: value}``."""
         names = [n for n, _ in self.columns]
-        return [dict(zip(names, r, strict=True)) for r in self.rows]
+        chosen = range(len(self.files)) if files is None else files
+        return [dict(zip(names, r, strict=True)) for i in chosen for r in self.files[i]]
+
+
+def one_file_run(table: str, columns: tuple[tuple[str, str], ...],
+                 rows: tuple[tuple[Any, ...], ...], key: str | None = None) -> StagedRun:
+    """A run of one file (what ``staging.stage`` writes)."""
+    return StagedRun(table, columns, (rows,), key)
 
 
 @dataclass(frozen=True)
@@ -112,6 +150,8 @@ class Outcome:
     reason_code: str | None = None
     rows_loaded: int = 0
     rows_rejected: int = 0  # loaded: rows dropped (drop_rows); quarantined: every row
+    repeat_warning: bool = False  # a ``content_not_repeated`` warning check was recorded
+    repeated_files: int = 0  # loaded: files whose content was loaded before (dropped: append)
 
 
 @dataclass
@@ -138,10 +178,29 @@ RUN_KEY = "_model_run"
 
 @dataclass
 class ModelResult:
-    """The expected warehouse: every table's state and one outcome per run (input order)."""
+    """The expected lake after the loads.
+
+    ``outcomes``: one per run (input order), ``None`` for a run still in staging.
+    ``aborts``: per load, the runs its tables stopped at (empty: it finished), with why
+    (``contract_violation`` or ``key_conflict``).
+    """
 
     tables: dict[str, TableState]
-    outcomes: list[Outcome]
+    outcomes: list[Outcome | None]
+    aborts: list[list[tuple[int, str]]]
+
+    @property
+    def staged(self) -> list[int]:
+        """The runs left in staging (after an abort), in run-id order."""
+        return [i for i, o in enumerate(self.outcomes) if o is None]
+
+
+class _Abort(Exception):
+    """The run fails validation in an ``abort`` table: its table's load stops at it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # contract_violation | key_conflict
 
 
 def duckdb_type(arrow_type: str) -> str:
@@ -174,29 +233,63 @@ def partition_value(value: Any, granularity: str) -> str:
     return value.strftime(_FORMATS[granularity])
 
 
-def simulate(specs: Mapping[str, TableSpec], runs: Sequence[StagedRun]) -> ModelResult:
-    """Apply ``runs`` (already in run-id order) to empty tables; return the expected state."""
+def simulate(specs: Mapping[str, TableSpec], runs: Sequence[StagedRun],
+             load_after: Sequence[bool] | None = None, extra_loads: int = 0) -> ModelResult:
+    """Stage ``runs`` (already in run-id order) into an empty lake, loading after each run
+    whose ``load_after`` flag is set (default: one load after the last run), then
+    ``extra_loads`` more loads; return the expected state."""
+    if load_after is None:
+        load_after = [i == len(runs) - 1 for i in range(len(runs))]
     tables = {name: TableState(spec) for name, spec in specs.items()}
-    outcomes = [_apply(tables[run.table], run, index) for index, run in enumerate(runs)]
-    return ModelResult(tables, outcomes)
+    outcomes: list[Outcome | None] = [None] * len(runs)
+    aborts: list[list[tuple[int, str]]] = []
+
+    def load(staged: int) -> None:
+        stops: list[tuple[int, str]] = []
+        stopped: set[str] = set()
+        for index in range(staged):
+            table = runs[index].table
+            if outcomes[index] is not None or table in stopped:
+                continue  # in the ledger already, or behind an abort of its table
+            try:
+                outcomes[index] = _apply(tables[table], runs[index], index)
+            except _Abort as stop:
+                stops.append((index, stop.reason))
+                stopped.add(table)  # this run and the table's later runs stay in staging
+        aborts.append(stops)
+
+    for index, load_now in enumerate(load_after):
+        if load_now:
+            load(index + 1)
+    for _ in range(extra_loads):
+        load(len(runs))
+    return ModelResult(tables, outcomes, aborts)
 
 
 def _apply(state: TableState, run: StagedRun, index: int) -> Outcome:
+    """The outcome of one run; raises :class:`_Abort` before changing anything."""
     spec = state.spec
-    rows = run.dicts()
-    staged = len(rows)
-    if not rows:
-        return Outcome(STATUS_QUARANTINED, "empty_run")
-    if run.key is not None and run.key in state.loaded_keys:
-        return Outcome(STATUS_SKIPPED, "duplicate_key")
-    if spec.merge == "append" and run.content in state.loaded_contents:
-        return Outcome(STATUS_SKIPPED, "duplicate_content")
+    total = len(run.rows)
+    early = judged_before_validation(state, run)
+    if early is not None:
+        return early
+    contents = run.file_contents()
+    repeated = [c in state.loaded_contents for c in contents]
+    kept_files = list(range(len(run.files)))
+    if spec.merge == "append":
+        kept_files = [i for i in kept_files if not repeated[i]]
+    rows = run.dicts(kept_files)
+    quarantined = Outcome(STATUS_QUARANTINED, "contract_violation", 0, total)
 
     invalid = _invalid_rows(spec, rows)
-    if invalid:
-        if spec.on_invalid != "drop_rows" or len(invalid) == len(rows):
-            return Outcome(STATUS_QUARANTINED, "contract_violation", 0, staged)
+    frame_ok = spec.frame_check is None or spec.frame_check(rows)
+    if invalid or not frame_ok:
+        if spec.on_invalid == "abort":
+            raise _Abort("contract_violation")
+        if spec.on_invalid != "drop_rows" or not frame_ok or len(invalid) == len(rows):
+            return quarantined
         rows = [r for i, r in enumerate(rows) if i not in invalid]
+    dropped = len(invalid)
 
     run_types = {name: duckdb_type(t) for name, t in run.columns}
     if state.exists:
@@ -205,21 +298,38 @@ def _apply(state: TableState, run: StagedRun, index: int) -> Outcome:
                      if c in state.columns and not compatible(t, state.columns[c])]
         new = [c for c in run_types if c not in state.columns]
         if missing or conflicts or (new and spec.schema_evolution != "add_columns"):
-            return Outcome(STATUS_QUARANTINED, "schema_change", 0, staged)
+            return Outcome(STATUS_QUARANTINED, "schema_change", 0, total)
 
     if spec.merge == "append" and spec.primary_key:
         present = {_key(spec, r) for r in state.rows}
         conflicting = [r for r in rows if _key(spec, r) in present]
         if conflicting:
+            if spec.on_invalid == "abort":
+                raise _Abort("key_conflict")
             if spec.on_invalid != "drop_rows" or len(conflicting) == len(rows):
-                return Outcome(STATUS_QUARANTINED, "key_conflict", 0, staged)
+                return Outcome(STATUS_QUARANTINED, "key_conflict", 0, total)
             rows = [r for r in rows if _key(spec, r) not in present]
+            dropped += len(conflicting)
 
-    _merge(state, run, rows, run_types, index)
+    _merge(state, rows, run_types, index)
     if run.key is not None:
         state.loaded_keys.add(run.key)
-    state.loaded_contents.add(run.content)
-    return Outcome(STATUS_LOADED, None, len(rows), staged - len(rows))
+    state.loaded_contents.update(contents)
+    return Outcome(STATUS_LOADED, None, len(rows), dropped,
+                   repeat_warning=spec.merge != "append" and any(repeated),
+                   repeated_files=sum(repeated))
+
+
+def judged_before_validation(state: TableState, run: StagedRun) -> Outcome | None:
+    """Rules 1-3: the outcome of a run that is empty or a repeat, or None (it is validated)."""
+    if not run.rows:
+        return Outcome(STATUS_QUARANTINED, "empty_run")
+    if run.key is not None and run.key in state.loaded_keys:
+        return Outcome(STATUS_SKIPPED, "duplicate_key")
+    if state.spec.merge == "append" and all(
+            c in state.loaded_contents for c in run.file_contents()):
+        return Outcome(STATUS_SKIPPED, "duplicate_content")
+    return None
 
 
 def _invalid_rows(spec: TableSpec, rows: list[Row]) -> set[int]:
@@ -240,8 +350,7 @@ def _invalid_rows(spec: TableSpec, rows: list[Row]) -> set[int]:
     return invalid
 
 
-def _merge(state: TableState, run: StagedRun, rows: list[Row], run_types: dict[str, str],
-           index: int) -> None:
+def _merge(state: TableState, rows: list[Row], run_types: dict[str, str], index: int) -> None:
     spec = state.spec
     if not state.exists:
         state.columns = dict(run_types)
@@ -270,4 +379,5 @@ def _key(spec: TableSpec, row: Row) -> tuple[Any, ...]:
 
 __all__ = ["PARTITION_COLUMN", "RUN_KEY", "STATUS_LOADED", "STATUS_QUARANTINED",
            "STATUS_SKIPPED", "ModelResult", "Outcome", "StagedRun", "TableSpec", "TableState",
-           "compatible", "duckdb_type", "partition_value", "simulate"]
+           "compatible", "duckdb_type", "judged_before_validation", "one_file_run",
+           "partition_value", "simulate"]
