@@ -299,8 +299,11 @@ def keys_unique(tables: list[pa.Table], key: tuple[str, ...]) -> bool:
     total = sum(t.num_rows for t in tables)
     if total == 0:
         return False
-    return strictly_increasing(column) or \
-        pc.count_distinct(column, mode="all").as_py() == total
+    try:
+        return strictly_increasing(column) or \
+            pc.count_distinct(column, mode="all").as_py() == total
+    except pa.ArrowNotImplementedError:  # a type without a distinct count (all-null): unknown
+        return False
 
 
 def strictly_increasing(column: pa.ChunkedArray | pa.Array) -> bool:
