@@ -217,17 +217,9 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
         raise UsageError(f"{target.relative_to(paths.root)} already exists in staging")
     if not dry_run:
         with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
-            wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
-            try:
-                migrate(wh)
-                # Forget the ledger row first: if we die before the move, the run simply
-                # stays in quarantine; the other order would re-quarantine it on next load.
-                mark_publish_pending(paths)
-                with wh.transaction("forgetting the quarantined ledger row"):
-                    forget_run(wh, q.table, run_id)
-                wh.checkpoint()
-            finally:
-                wh.close()
+            # Forget the ledger row first: if we die before the move, the run simply
+            # stays in quarantine; the other order would re-quarantine it on next load.
+            _forget(paths, q.table, run_id, lock_timeout)
             rename_durably(source, target)
             publish_snapshot(paths)
     return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind, dry_run)
@@ -289,24 +281,30 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
             # 1. Copy back, the manifest last. Until the manifest lands the staged copy is
             # uncommitted and never loaded; the run is still whole in quarantine.
             store.copy_objects(source, target, objects)
-            wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
-            try:
-                migrate(wh)
-                # 2. Forget the ledger row. A crash before this leaves a committed run in
-                # staging that the ledger calls quarantined: the next load puts it back in
-                # quarantine (nothing lost), and a replay run first finishes this one.
-                mark_publish_pending(paths)
-                with wh.transaction("forgetting the quarantined ledger row"):
-                    forget_run(wh, q.table, run_id)
-                wh.checkpoint()
-            finally:
-                wh.close()
+            # 2. Forget the ledger row. A crash before this leaves a committed run in
+            # staging that the ledger calls quarantined: the next load puts it back in
+            # quarantine (nothing lost), and a replay run first finishes this one.
+            _forget(paths, q.table, run_id, lock_timeout)
             crash("after_forget")
             # 3. Delete from quarantine, the manifest last: a crash leaves a copy there that
             # a replay run again deletes (the staged copy has the same manifest).
             store.delete_objects(source, objects)
             publish_snapshot(paths)
     return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
+
+
+def _forget(paths: LakePaths, table: str, run_id: str, lock_timeout: float) -> None:
+    """Drop a quarantined run's ledger row (under the lock the caller holds), so the replayed
+    run can load; the snapshot is marked behind first."""
+    wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
+    try:
+        migrate(wh)
+        mark_publish_pending(paths)
+        with wh.transaction("forgetting the quarantined ledger row"):
+            forget_run(wh, table, run_id)
+        wh.checkpoint()
+    finally:
+        wh.close()
 
 
 def _run_id_of(folder_name: str) -> str:
