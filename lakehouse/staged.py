@@ -39,6 +39,9 @@ from lakehouse.layout import (
 from lakehouse.manifest import Manifest, ManifestFormatError, normalize_type_text
 
 _MARKERS = {MANIFEST_NAME, ABANDONED_NAME, REASON_NAME}
+# Files bigger than this are decoded with Arrow's column threads (measured: 1M rows, 20 MB,
+# 35 ms threaded against 50 ms; 50k rows, 1.3 MB, 4.5 ms against 3.7 ms).
+_THREADED_DECODE_BYTES = 8 << 20
 
 
 class EmptyRunError(InvalidRunError):
@@ -219,7 +222,10 @@ def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> Verif
                                 f"{entry.name}: checksum does not match the manifest")
         try:
             # ParquetFile.read skips the dataset layer: ~4x faster than read_table on small files.
-            table = pq.ParquetFile(pa.BufferReader(data)).read()
+            # Runs are verified on a thread pool already; Arrow's own column threads only pay
+            # off on big files (a 100-row file: 0.25 ms with them, 0.07 ms without).
+            table = pq.ParquetFile(pa.BufferReader(data)).read(
+                use_threads=len(data) > _THREADED_DECODE_BYTES)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorruptFileError(ref.table, ref.run_id,
                                    f"{entry.name} is not readable Parquet: {exc}") from None

@@ -159,6 +159,23 @@ def test_stage_accepts_str_and_path_roots(tmp_path: Path) -> None:
     check_committed_run(only_run(tmp_path / "b", "plain"))
 
 
+def test_files_are_snappy_by_default_and_compression_is_a_choice(tmp_path: Path) -> None:
+    """Staged files use snappy (fastest to decode for the loader); a producer may pick another
+    codec per file, and an unknown codec is refused before anything is written."""
+    with stage_run(tmp_path, "plain") as run:
+        run.write(sample(4))
+        run.write(sample(4, start=4), compression="zstd")
+        with pytest.raises(StagingError, match="compression 'lzma'"):
+            run.write(sample(1), compression="lzma")
+    folder = only_run(tmp_path, "plain")
+    doc = check_committed_run(folder)
+    assert [f["name"] for f in doc["files"]] == ["part-00000.parquet", "part-00001.parquet"]
+    codecs = [pq.ParquetFile(folder / f["name"]).metadata.row_group(0).column(0).compression
+              for f in doc["files"]]
+    assert codecs == ["SNAPPY", "ZSTD"]
+    assert read_run(folder).equals(pa.concat_tables([sample(4), sample(4, start=4)]))
+
+
 def test_write_record_batch(tmp_path: Path) -> None:
     """A RecordBatch is staged as a one-batch table."""
     batch = sample(4).to_batches()[0]
