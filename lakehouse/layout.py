@@ -84,8 +84,10 @@ def parse_run_id(run_id: str) -> RunIdParts | None:
     match = _RUN_ID.match(run_id)
     if not match:
         return None
+    t = match.group(1)  # 20261123T192453.123456Z; the fields by position (strptime is ~10x slower)
     try:
-        created = datetime.strptime(match.group(1), _RUN_TIME_FORMAT).replace(tzinfo=UTC)
+        created = datetime(int(t[0:4]), int(t[4:6]), int(t[6:8]), int(t[9:11]), int(t[11:13]),
+                           int(t[13:15]), int(t[16:22]), tzinfo=UTC)
     except ValueError:
         return None
     return RunIdParts(created, match.group(2), match.group(3))

@@ -69,11 +69,6 @@ def peek_manifest(ref: RunRef) -> Manifest | None:
         return None
 
 
-def peek_key(ref: RunRef) -> str | None:
-    manifest = peek_manifest(ref)
-    return manifest.key if manifest else None
-
-
 def drop_files(data: pa.Table, manifest: Manifest, names: set[str]) -> tuple[pa.Table, list[str]]:
     keep = []
     start = 0

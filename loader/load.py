@@ -105,8 +105,10 @@ class _Loader:
         self.changed = False
         self.abort: LoadAbortedError | None = None
         self._registered: tuple[pa.Table, ...] | None = None  # the runs registered now
-        self.keys_seen: dict[str, str] = {}  # idempotency key -> run that loaded it
-        self.sums_seen: dict[str, str] = {}  # file checksum -> run that loaded it
+        # Idempotency key / file checksum -> the run that loaded it: this load's runs, and
+        # earlier loads' runs looked up batch by batch (``_lookup_ledger``).
+        self.keys_seen: dict[str, str] = {}
+        self.sums_seen: dict[str, str] = {}
 
     # -- crash points (tests only) ------------------------------------------------------
     def crash(self, point: str) -> None:
@@ -145,10 +147,11 @@ class _Loader:
                     batch.rejected.append((ref, exc, None, None))
             self.flush(None, batch)
             return
-        self.keys_seen, self.sums_seen = self._prefetch_ledger(table, refs)
+        self.keys_seen, self.sums_seen = {}, {}
         settings = self.config.settings
         batch = Batch()
-        for ref, verified_or_error in _verify_ahead(refs, self.config, self.io_threads):
+        for ref, verified_or_error in _verify_ahead(refs, self.config, self.io_threads,
+                                                         isinstance(self.area, LocalArea)):
             self.options.stop.raise_if_set()  # a safe point: nothing of this batch committed
             if isinstance(verified_or_error, RunRejectedError):
                 batch.rejected.append((ref, verified_or_error, peek_manifest(ref), None))
@@ -172,22 +175,18 @@ class _Loader:
         if self.abort is not None:
             raise self.abort
 
-    def _prefetch_ledger(self, table: str, refs: list[RunRef]
-                         ) -> tuple[dict[str, str], dict[str, str]]:
-        """Idempotency keys and file checksums already loaded: one query each per table."""
-        keys, sums = [], []
-        if isinstance(self.area, LocalArea):
-            manifests = [peek_manifest(ref) for ref in refs]
-        else:
-            with ThreadPoolExecutor(max_workers=self.io_threads) as pool:
-                manifests = list(pool.map(peek_manifest, refs))
-        for manifest in manifests:
-            if manifest is None:
-                continue
-            if manifest.key is not None:
-                keys.append(manifest.key)
-            sums += [f.sha256 for f in manifest.files]
-        return loaded_keys(self.wh, table, keys), loaded_checksums(self.wh, table, sums)
+    def _lookup_ledger(self, table: str, candidates: list[Candidate]) -> None:
+        """Idempotency keys and file checksums of these runs that earlier loads loaded: one
+        query each per batch, from the manifests verification already parsed (a manifest is
+        read once per load)."""
+        keys = [k for c in candidates
+                if (k := c.verified.manifest.key) is not None and k not in self.keys_seen]
+        sums = [f.sha256 for c in candidates for f in c.verified.manifest.files
+                if f.sha256 not in self.sums_seen]
+        for key, run_id in loaded_keys(self.wh, table, keys).items():
+            self.keys_seen.setdefault(key, run_id)
+        for digest, run_id in loaded_checksums(self.wh, table, sums).items():
+            self.sums_seen.setdefault(digest, run_id)
 
     # -- validation ---------------------------------------------------------------------
     def _settle(self, contract: TableContract, batch: Batch) -> None:
@@ -313,6 +312,7 @@ class _Loader:
         move its runs."""
         self.options.stop.raise_if_set()
         if contract is not None and batch.candidates:
+            self._lookup_ledger(contract.name, batch.candidates)
             self._settle_and_screen(contract, batch)
             batch.candidates = []
         if self.abort is not None:
@@ -739,32 +739,58 @@ def _dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
 
 _VERIFY_THREADS = max(2, min(8, os.cpu_count() or 2))
 _REMOTE_THREADS = 16
+_CHUNK_BYTES = 4 << 20  # runs verified per task: about this many staged bytes ...
+_MAX_CHUNK_RUNS = 64  # ... and at most this many runs
+_SMALL_RUN_BYTES = 256 << 10  # runs smaller than this verify one chunk at a time
 
 
-def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY_THREADS
-                  ) -> Iterator[tuple[RunRef, VerifiedRun | RunRejectedError]]:
-    """Verify runs on a few threads, yielding them in order, at most a few runs ahead.
+def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY_THREADS,
+                  local: bool = True) -> Iterator[tuple[RunRef, VerifiedRun | RunRejectedError]]:
+    """Verify runs on a few threads, yielding them in order, a bounded number of bytes ahead.
 
-    Hashing and Parquet decoding release the GIL, so small runs verify in parallel; the
-    look-ahead is bounded so the backlog is never held in memory.
+    Hashing and Parquet decoding release the GIL, so big runs verify in parallel with each
+    other and with the merge. Small runs are mostly Python (paths, the manifest, a tiny
+    decode): handed over one per task they cost twice as much as verified in line (measured:
+    100-row runs 0.45 ms each on a pool against 0.22 ms serially), so they go in chunks of
+    about ``_CHUNK_BYTES``, one chunk in flight, verified while the main thread merges the
+    previous one. In an object store (``local`` false) every run is its own task: there
+    the time is round trips, hidden by many requests in flight. The look-ahead is bounded
+    so the backlog is never held in memory.
     """
-    def verify(ref: RunRef) -> VerifiedRun | RunRejectedError:
-        try:
-            return verify_run(ref, config)
-        except RunRejectedError as exc:
-            return exc
+    def verify(chunk: list[RunRef]) -> list[VerifiedRun | RunRejectedError]:
+        done: list[VerifiedRun | RunRejectedError] = []
+        for ref in chunk:
+            try:
+                done.append(verify_run(ref, config))
+            except RunRejectedError as exc:
+                done.append(exc)
+        return done
 
-    ahead = threads * 4
+    run_bytes = _CHUNK_BYTES  # running estimate of a run's size; the first chunk is one run
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: deque[tuple[RunRef, Future[VerifiedRun | RunRejectedError]]] = deque()
-        for ref in refs:
-            pending.append((ref, pool.submit(verify, ref)))
-            if len(pending) >= ahead:
-                done_ref, future = pending.popleft()
-                yield done_ref, future.result()
+        pending: deque[tuple[list[RunRef], Future[list[VerifiedRun | RunRejectedError]]]] = \
+            deque()
+        start = 0
+
+        def refill() -> None:
+            nonlocal start
+            small = local and run_bytes < _SMALL_RUN_BYTES
+            while start < len(refs) and len(pending) < (1 if small else threads * 2):
+                size = max(1, min(_MAX_CHUNK_RUNS, _CHUNK_BYTES // max(run_bytes, 1))) \
+                    if local else 1
+                chunk = refs[start:start + size]
+                start += size
+                pending.append((chunk, pool.submit(verify, chunk)))
+
+        refill()
         while pending:
-            done_ref, future = pending.popleft()
-            yield done_ref, future.result()
+            chunk, future = pending.popleft()
+            results = future.result()
+            sizes = [r.manifest.bytes for r in results if isinstance(r, VerifiedRun)]
+            if sizes:
+                run_bytes = (run_bytes + sum(sizes) // len(sizes)) // 2
+            refill()  # the next chunk verifies while this one is merged
+            yield from zip(chunk, results, strict=True)
 
 
 def _with_repeat_warning(outcome: ValidationOutcome, candidate: Candidate,
