@@ -180,8 +180,11 @@ def rename_durably(src: Path, dst: Path, *, sync: bool = True) -> None:
 
     With ``sync=False`` the caller fsyncs the parents itself, once for many renames.
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(src, dst)
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:  # the destination's folder is new (or src is gone: raises again)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
     if sync:
         fsync_dir(dst.parent)
         if src.parent != dst.parent:
