@@ -7,10 +7,13 @@ sends the run to quarantine with the reason.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -182,14 +185,15 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
     """
     check_names(ref, config)
     if ref.store is None:
-        if ref.local_path.is_symlink():
+        folder = str(ref.local_path)
+        if os.path.islink(folder):
             raise InvalidRunError(ref.table, ref.run_id,
                                   "the run folder is a symlink; staged runs must be written by "
                                   "stage_run inside the lake root")
-        names = {p.name for p in ref.local_path.iterdir() if not is_temp_name(p.name)}
+        names = {n for n in os.listdir(folder) if not is_temp_name(n)}
 
         def read(name: str) -> bytes:
-            return _read_regular(ref, ref.local_path / name)
+            return _read_regular(ref, folder, name)
     else:
         names = {name for name, _ in ref.listing}
 
@@ -219,7 +223,7 @@ def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> Verif
     if missing:
         raise ManifestError(ref.table, ref.run_id,
                             f"files listed in the manifest are missing: {sorted(missing)[:5]}")
-    expected = [(name, normalize_type_text(type_text)) for name, type_text in manifest.schema]
+    expected = _expected_schema(manifest.schema)
     tables = []
     for entry in manifest.files:
         if "/" in entry.name or entry.name.startswith("."):
@@ -244,7 +248,7 @@ def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> Verif
         if table.num_rows != entry.rows:
             raise ManifestError(ref.table, ref.run_id,
                                 f"{entry.name}: {table.num_rows} rows, manifest says {entry.rows}")
-        actual = [(f.name, normalize_type_text(str(f.type))) for f in table.schema]
+        actual = _schema_text(table.schema)
         if actual != expected:
             raise ManifestError(ref.table, ref.run_id,
                                 f"{entry.name}: schema {actual} differs from the manifest's "
@@ -257,10 +261,28 @@ def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> Verif
                        pa.concat_tables(tables) if len(tables) > 1 else tables[0])
 
 
+@lru_cache(maxsize=256)
+def _expected_schema(schema: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """A manifest's schema as compared with a file's (runs of a table repeat it)."""
+    return [(name, normalize_type_text(type_text)) for name, type_text in schema]
+
+
+@lru_cache(maxsize=256)
+def _schema_text(schema: pa.Schema) -> list[tuple[str, str]]:
+    """A file's schema as (name, normalized type text); cached, since a table's runs share
+    one schema and formatting it is a good part of verifying a small run."""
+    return [(f.name, normalize_type_text(str(f.type))) for f in schema]
+
+
+@lru_cache(maxsize=256)
+def _bad_column_names(names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    bad = [n for n in names if not is_identifier(n) or n.lower().startswith(RESERVED_PREFIX)]
+    lowered = [n.lower() for n in names]
+    return bad, sorted({n for n in lowered if lowered.count(n) > 1})
+
+
 def _check_column_names(ref: RunRef, schema: pa.Schema) -> None:
-    bad = [n for n in schema.names if not is_identifier(n) or n.lower().startswith(RESERVED_PREFIX)]
-    lowered = [n.lower() for n in schema.names]
-    repeated = sorted({n for n in lowered if lowered.count(n) > 1})
+    bad, repeated = _bad_column_names(tuple(schema.names))
     if bad or repeated:
         failures = [FailureRecord("column_name_safe", n) for n in bad]
         failures += [FailureRecord("column_name_unique", n) for n in repeated]
@@ -279,20 +301,35 @@ def _read_object(ref: RunRef, name: str) -> bytes:
         raise ManifestError(ref.table, ref.run_id, f"{name} is missing") from None
 
 
-def _read_regular(ref: RunRef, path: Path) -> bytes:
-    """Read a file that must be a regular file inside the run folder (no symlinks)."""
+def _read_regular(ref: RunRef, folder: str, name: str) -> bytes:
+    """Read a file that must be a regular file inside the run folder (no symlinks).
+
+    Opened with O_NOFOLLOW (a symlink fails the open) and O_NONBLOCK (a FIFO cannot hang
+    the loader), then checked on the open descriptor: one open and one fstat, no lstat
+    first, and no window between the check and the read."""
     try:
-        info = os.lstat(path)
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ManifestError(ref.table, ref.run_id, f"{path.name} is missing") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise InvalidRunError(ref.table, ref.run_id,
-                              f"{path.name} is not a regular file (a symlink or special file); "
-                              "staged files must be written by stage_run")
-    try:
-        return path.read_bytes()
+        raise ManifestError(ref.table, ref.run_id, f"{name} is missing") from None
     except OSError as exc:
-        raise CorruptFileError(ref.table, ref.run_id, f"cannot read {path.name}: {exc}") from None
+        if exc.errno == errno.ELOOP:
+            raise _not_regular(ref, name) from None
+        raise CorruptFileError(ref.table, ref.run_id, f"cannot read {name}: {exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(ref, name)
+        with io.FileIO(fd, closefd=False) as raw:
+            return raw.readall()
+    except OSError as exc:
+        raise CorruptFileError(ref.table, ref.run_id, f"cannot read {name}: {exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _not_regular(ref: RunRef, name: str) -> InvalidRunError:
+    return InvalidRunError(ref.table, ref.run_id,
+                           f"{name} is not a regular file (a symlink or special file); "
+                           "staged files must be written by stage_run")
 
 
 __all__ = ["EmptyRunError", "InvalidColumnNameError", "RunRef", "RunRejectedError",

@@ -741,7 +741,8 @@ _VERIFY_THREADS = max(2, min(8, os.cpu_count() or 2))
 _REMOTE_THREADS = 16
 _CHUNK_BYTES = 4 << 20  # runs verified per task: about this many staged bytes ...
 _MAX_CHUNK_RUNS = 64  # ... and at most this many runs
-_SMALL_RUN_BYTES = 256 << 10  # runs smaller than this verify one chunk at a time
+_SMALL_RUN_BYTES = 256 << 10  # runs smaller than this verify on one thread, in chunks ...
+_SMALL_AHEAD_CHUNKS = 8  # ... at most this many chunks ahead (32 MiB of staged files)
 
 
 def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY_THREADS,
@@ -751,11 +752,12 @@ def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY
     Hashing and Parquet decoding release the GIL, so big runs verify in parallel with each
     other and with the merge. Small runs are mostly Python (paths, the manifest, a tiny
     decode): handed over one per task they cost twice as much as verified in line (measured:
-    100-row runs 0.45 ms each on a pool against 0.22 ms serially), so they go in chunks of
-    about ``_CHUNK_BYTES``, one chunk in flight, verified while the main thread merges the
-    previous one. In an object store (``local`` false) every run is its own task: there
-    the time is round trips, hidden by many requests in flight. The look-ahead is bounded
-    so the backlog is never held in memory.
+    100-row runs 0.45 ms each on a pool against 0.22 ms serially), and two threads verifying
+    them contend for the GIL. So they go in chunks of about ``_CHUNK_BYTES`` to one thread
+    that works through up to ``_SMALL_AHEAD_CHUNKS`` chunks while the main thread validates
+    and merges a batch. In an object store (``local`` false) every run is its own task:
+    there the time is round trips, hidden by many requests in flight. The look-ahead is
+    bounded so the backlog is never held in memory.
     """
     def verify(chunk: list[RunRef]) -> list[VerifiedRun | RunRejectedError]:
         done: list[VerifiedRun | RunRejectedError] = []
@@ -767,7 +769,8 @@ def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY
         return done
 
     run_bytes = _CHUNK_BYTES  # running estimate of a run's size; the first chunk is one run
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool, \
+            ThreadPoolExecutor(max_workers=1) as lane:
         pending: deque[tuple[list[RunRef], Future[list[VerifiedRun | RunRejectedError]]]] = \
             deque()
         start = 0
@@ -775,12 +778,13 @@ def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY
         def refill() -> None:
             nonlocal start
             small = local and run_bytes < _SMALL_RUN_BYTES
-            while start < len(refs) and len(pending) < (1 if small else threads * 2):
+            while start < len(refs) and len(pending) < (
+                    _SMALL_AHEAD_CHUNKS if small else threads * 2):
                 size = max(1, min(_MAX_CHUNK_RUNS, _CHUNK_BYTES // max(run_bytes, 1))) \
                     if local else 1
                 chunk = refs[start:start + size]
                 start += size
-                pending.append((chunk, pool.submit(verify, chunk)))
+                pending.append((chunk, (lane if small else pool).submit(verify, chunk)))
 
         refill()
         while pending:
@@ -789,7 +793,7 @@ def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY
             sizes = [r.manifest.bytes for r in results if isinstance(r, VerifiedRun)]
             if sizes:
                 run_bytes = (run_bytes + sum(sizes) // len(sizes)) // 2
-            refill()  # the next chunk verifies while this one is merged
+            refill()
             yield from zip(chunk, results, strict=True)
 
 
