@@ -105,6 +105,7 @@ class _Loader:
         self.changed = False
         self.abort: LoadAbortedError | None = None
         self._registered: tuple[pa.Table, ...] | None = None  # the runs registered now
+        self._batch_table: pa.Table | None = None  # ... and the batch made of them
         # Idempotency key / file checksum -> the run that loaded it: this load's runs, and
         # earlier loads' runs looked up batch by batch (``_lookup_ledger``).
         self.keys_seen: dict[str, str] = {}
@@ -459,11 +460,19 @@ class _Loader:
                            [a.verified.ref.run_id for a in batch.accepted])
         self.wh.unregister(BATCH_NAME)
         self.wh.register(BATCH_NAME, data)
-        self._registered = key
+        self._registered, self._batch_table = key, data
+
+    def _register_contiguous(self) -> None:
+        """Re-register the batch as one chunk per column (for an insert in batch order)."""
+        data = self._batch_table
+        if data is not None and any(c.num_chunks > 1 for c in data.columns):
+            self._batch_table = data.combine_chunks()
+            self.wh.unregister(BATCH_NAME)
+            self.wh.register(BATCH_NAME, self._batch_table)
 
     def _unregister(self) -> None:
         self.wh.unregister(BATCH_NAME)
-        self._registered = None
+        self._registered, self._batch_table = None, None
 
     def _commit(self, contract: TableContract | None, batch: Batch) -> None:
         now = utcnow()
@@ -499,7 +508,7 @@ class _Loader:
                     self.wh, contract, run_columns, partition_sql,
                     several_runs=len(batch.accepted) > 1,
                     has_duplicates=any(a.outcome.duplicate_keys for a in batch.accepted),
-                    keys_unique=batch.keys_unique)
+                    keys_unique=batch.keys_unique, contiguous=self._register_contiguous)
                 stats.created = created
                 self._unregister()
             for run in batch.accepted:
