@@ -504,3 +504,37 @@ def test_producer_run_from_inside_lake_root_imports_real_package(
     run = root / "staging" / "plain" / result["run_id"]
     doc = check_committed_run(run)
     assert doc["rows"] == 3 and doc["producer"] == "inside"
+
+
+def test_verification_yields_every_run_in_order_across_chunk_sizes(lake: Lake) -> None:
+    """The loader verifies small runs in chunks on one thread and big runs one per task; a
+    mix of both, with corrupt runs inside chunks, comes back in staging order, each run with
+    its own outcome."""
+    from lakehouse.staged import VerifiedRun, discover_runs
+    from loader.load import _verify_ahead
+
+    corrupt = set()
+    big = set()
+    for i in range(150):
+        rows = 40_000 if i % 37 == 5 else 3  # a few runs over the 256 KiB "small" line
+        table = pa.table({"id": pa.array(range(i * 100_000, i * 100_000 + rows), pa.int64()),
+                          "blob": pa.array([f"{i}-{j}-" + "x" * 8 for j in range(rows)])})
+        manifest = stage(lake.root, "plain", table, producer=f"p{i:03d}")
+        assert manifest is not None
+        if rows > 3:
+            big.add(manifest.run_id)
+        if i % 17 == 3:
+            folder = lake.root / "staging" / "plain" / manifest.run_id
+            (folder / manifest.files[0].name).write_bytes(b"not parquet at all")
+            corrupt.add(manifest.run_id)
+    config = lake.config()
+    refs = discover_runs(config.paths)
+    seen = list(_verify_ahead(refs, config))
+    assert [ref.run_id for ref, _ in seen] == [ref.run_id for ref in refs]
+    rejected = {ref.run_id for ref, outcome in seen if not isinstance(outcome, VerifiedRun)}
+    assert rejected == corrupt
+    for ref, outcome in seen:
+        if isinstance(outcome, VerifiedRun):
+            assert outcome.ref == ref
+            assert outcome.rows == (40_000 if ref.run_id in big else 3)
+    assert big - corrupt and len(corrupt) == 9
