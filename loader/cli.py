@@ -290,12 +290,18 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
 def _print_load(report: Any) -> None:
     verb = "would load" if report.dry_run else "loaded"
     if report.dry_run:
+        more = "".join(f", {n} {what}" for n, what in (
+            (report.count("would_skip"), "would be skipped as repeats"),
+            (report.count("would_recover"), "would only finish moving (already in the ledger)"))
+            if n)
         click.echo(f"dry run: {report.count('would_load')} runs would load, "
-                   f"{report.count('would_quarantine')} would be quarantined")
+                   f"{report.count('would_quarantine')} would be quarantined{more}")
         for r in report.runs:
             line = f"  {r.status:17} {r.table}/{r.run_id}"
             if r.status == "would_load":
                 line += f"  {r.rows_loaded:,} rows"
+            elif r.reason_code is None:
+                line += f"  {r.message}"
             else:
                 line += f"  [{r.reason_code}] {r.message}"
             click.echo(line)

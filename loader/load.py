@@ -31,7 +31,6 @@ from lakehouse.config import LakeConfig, TableContract
 from lakehouse.contracts import (
     SchemaRegistry,
     ValidationOutcome,
-    check_run,
     check_runs,
     keys_unique,
 )
@@ -85,6 +84,7 @@ from loader.batch import (
     peek_manifest,
     row_mask,
 )
+from loader.dry_run import dry_run
 from loader.report import LoadOptions, LoadReport, RunOutcome, StopFlag, TableSummary
 
 CRASH_POINTS = ("after_lock", "after_verify", "before_commit", "after_commit", "mid_archive",
@@ -650,7 +650,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         if options.on_discover:
             options.on_discover(len(refs))
         if options.dry_run:
-            _dry_run(config, area, refs, report)
+            dry_run(config, area, refs, report)
             report.seconds = time.monotonic() - started
             return report
         wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
@@ -721,29 +721,6 @@ def table_summaries(wh: Warehouse, config: LakeConfig) -> dict[str, TableSummary
         if row:
             summaries[name] = TableSummary(int(row[0]), int(row[1]))
     return summaries
-
-
-def _dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
-             report: LoadReport) -> None:
-    """Verify and validate without writing anything: what would load, what would not."""
-    schemas = SchemaRegistry(config)
-    for ref in refs:
-        try:
-            verified = area.verify(ref, config)
-            contract = config.table(ref.table)
-            outcome = check_run(verified.data, contract, schemas.get(contract))
-        except RunRejectedError as exc:
-            report.runs.append(RunOutcome(ref.table, ref.run_id, "would_quarantine",
-                                          reason_code=exc.code, message=exc.problem))
-            continue
-        if outcome.ok:
-            report.runs.append(RunOutcome(ref.table, ref.run_id, "would_load", verified.rows))
-        else:
-            violation = ContractViolation(ref.table, ref.run_id, outcome.failures,
-                                          total_failures=outcome.total_failures)
-            report.runs.append(RunOutcome(ref.table, ref.run_id, "would_quarantine",
-                                          rows_rejected=len(outcome.invalid_rows),
-                                          reason_code=violation.code, message=violation.problem))
 
 
 _VERIFY_THREADS = max(2, min(8, os.cpu_count() or 2))

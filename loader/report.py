@@ -40,7 +40,9 @@ class RunOutcome:
 
     table: str
     run_id: str
-    status: str  # loaded | quarantined | skipped | recovered | would_load | would_quarantine
+    # loaded | quarantined | skipped | recovered; a dry run says would_load,
+    # would_quarantine, would_skip or would_recover
+    status: str
     rows_loaded: int = 0
     rows_rejected: int = 0
     reason_code: str | None = None

@@ -176,6 +176,20 @@ def test_load_dry_run_reports_and_moves_nothing(lake: Lake) -> None:
     assert json.loads(only_good.stdout)["dry_run"] is True
 
 
+def test_load_dry_run_says_which_runs_would_be_skipped_as_repeats(lake: Lake) -> None:
+    lake.stage("logs", logs(1), key="once")
+    assert run(lake.root, "load").exit_code == 0
+    again = lake.stage("logs", logs(2), key="once")
+    result = run(lake.root, "load", "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "dry run: 0 runs would load, 0 would be quarantined, 1 would be skipped " \
+        "as repeats"
+    assert lines[1].startswith(f"  would_skip        logs/{again.run_id}  [duplicate_key] "
+                               "idempotency key 'once' already loaded by run ")
+    assert len(lines) == 2
+
+
 def test_load_of_an_undeclared_table_is_a_usage_error(lake: Lake) -> None:
     result = run(lake.root, "load", "--table", "nosuch")
     assert result.exit_code == 2

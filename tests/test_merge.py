@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -456,6 +457,37 @@ def test_dry_run_moves_nothing_and_writes_nothing(lake: Lake) -> None:
     report = lake.load()
     assert sorted((r.run_id, r.status) for r in report.runs) == sorted([
         (good.run_id, "loaded"), (bad.run_id, "quarantined"), (log.run_id, "loaded")])
+
+
+def test_dry_run_reads_the_ledger_for_repeats_and_runs_it_already_has(lake: Lake) -> None:
+    """The dry run predicts skips (a loaded idempotency key, content loaded before, a repeat
+    earlier in the same backlog) and runs the ledger already accounts for; the real load
+    afterwards does exactly that, and the dry run wrote nothing."""
+    data = logs((1, D(2026, 3, 1), "a"))
+    first = lake.stage("logs", data, key="k1")
+    lake.load()
+    # a run the ledger has, back in staging (as after a crash between commit and move)
+    shutil.copytree(lake.root / "archive" / "logs" / first.run_id,
+                    lake.root / "staging" / "logs" / first.run_id)
+    same_key = lake.stage("logs", logs((2, D(2026, 3, 2), "b")), key="k1")
+    same_content = lake.stage("logs", data)
+    fresh = lake.stage("logs", logs((3, D(2026, 3, 3), "c")), key="k2")
+    repeat_in_backlog = lake.stage("logs", logs((4, D(2026, 3, 4), "d")), key="k2")
+    before = _tree(lake.root)
+    dry = lake.load(dry_run=True)
+    assert _tree(lake.root) == before
+    expected = {first.run_id: ("would_recover", None),
+                same_key.run_id: ("would_skip", "duplicate_key"),
+                same_content.run_id: ("would_skip", "duplicate_content"),
+                fresh.run_id: ("would_load", None),
+                repeat_in_backlog.run_id: ("would_skip", "duplicate_key")}
+    assert {r.run_id: (r.status, r.reason_code) for r in dry.runs} == expected
+    assert [r.rows_loaded for r in dry.runs if r.status == "would_load"] == [1]
+    real = lake.load()
+    assert {r.run_id: (r.status, r.reason_code) for r in real.runs} == {
+        run_id: (status.removeprefix("would_").replace("load", "loaded").replace(
+            "skip", "skipped").replace("recover", "recovered"), code)
+        for run_id, (status, code) in expected.items()}
 
 
 @pytest.mark.parametrize("limit", ["batch_max_runs = 2", "batch_max_rows = 3",
