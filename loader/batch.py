@@ -15,9 +15,11 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse.contracts import ValidationOutcome
+from lakehouse.db import Warehouse
 from lakehouse.errors import ContractViolation, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME, parse_run_id
-from lakehouse.manifest import Manifest, ManifestFormatError
+from lakehouse.ledger import loaded_checksums, loaded_keys
+from lakehouse.manifest import FileEntry, Manifest, ManifestFormatError
 from lakehouse.staged import RunRef, VerifiedRun
 
 
@@ -67,6 +69,51 @@ def peek_manifest(ref: RunRef) -> Manifest | None:
         return Manifest.from_json(ref.read_bytes(MANIFEST_NAME))
     except (OSError, ManifestFormatError):
         return None
+
+
+@dataclass
+class Repeats:
+    """What of a run earlier runs already loaded: a reason to skip it whole, or some files."""
+
+    skip: tuple[str, str] | None = None  # (reason code, message)
+    files: list[FileEntry] = field(default_factory=list)  # files whose content was loaded
+
+
+def find_repeats(manifest: Manifest, merge: str, keys_seen: dict[str, str],
+                 sums_seen: dict[str, str]) -> Repeats:
+    """Skip a run whose idempotency key was loaded, and an ``append`` run whose every file
+    was (appending the same content again would duplicate rows); otherwise list the files
+    loaded before. ``keys_seen`` / ``sums_seen``: key / checksum -> the run that loaded it.
+    The load and its dry run both decide here."""
+    if manifest.key is not None and manifest.key in keys_seen:
+        return Repeats(("duplicate_key", f"idempotency key {manifest.key!r} already loaded "
+                                         f"by run {keys_seen[manifest.key]}"))
+    files = [f for f in manifest.files if f.sha256 in sums_seen]
+    if files and merge == "append" and len(files) == len(manifest.files):
+        return Repeats(("duplicate_content", f"every file was already loaded (first by run "
+                                             f"{sums_seen[files[0].sha256]})"), files)
+    return Repeats(None, files)
+
+
+def remember(manifest: Manifest, run_id: str, keys_seen: dict[str, str],
+             sums_seen: dict[str, str]) -> None:
+    """Count a run as loaded for the repeat checks of the runs after it."""
+    if manifest.key is not None:
+        keys_seen[manifest.key] = run_id
+    for f in manifest.files:
+        sums_seen.setdefault(f.sha256, run_id)
+
+
+def lookup_loaded(wh: Warehouse, table: str, manifests: list[Manifest],
+                  keys_seen: dict[str, str], sums_seen: dict[str, str]) -> None:
+    """Add the idempotency keys and file checksums of these manifests that earlier loads
+    loaded into ``table``: one ledger query each."""
+    keys = [k for m in manifests if (k := m.key) is not None and k not in keys_seen]
+    sums = [f.sha256 for m in manifests for f in m.files if f.sha256 not in sums_seen]
+    for key, run_id in loaded_keys(wh, table, keys).items():
+        keys_seen.setdefault(key, run_id)
+    for digest, run_id in loaded_checksums(wh, table, sums).items():
+        sums_seen.setdefault(digest, run_id)
 
 
 def drop_files(data: pa.Table, manifest: Manifest, names: set[str]) -> tuple[pa.Table, list[str]]:

@@ -8,8 +8,9 @@ from lakehouse.contracts import SchemaRegistry, check_run
 from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import ContractViolation, RunRejectedError
 from lakehouse.layout import LakePaths
-from lakehouse.ledger import ledger_entries, loaded_checksums, loaded_keys
+from lakehouse.ledger import ledger_entries
 from lakehouse.staged import RunRef
+from loader.batch import drop_files, find_repeats, lookup_loaded, remember
 from loader.report import LoadReport, RunOutcome
 
 
@@ -53,44 +54,34 @@ def _open_ledger(paths: LakePaths) -> Warehouse | None:
 def _dry_run_one(config: LakeConfig, area: StagingArea, ref: RunRef, schemas: SchemaRegistry,
                  wh: Warehouse | None, keys: dict[str, str], sums: dict[str, str]
                  ) -> RunOutcome:
-    """What the load would do with one run the ledger does not know; ``keys`` and ``sums``
-    hold what earlier runs of this dry run would load."""
+    """What the load would do with one run the ledger does not know, in the load's order:
+    verify, skip repeats, drop repeated files, validate. ``keys`` and ``sums`` hold what
+    earlier loads and earlier runs of this dry run loaded."""
     try:
         verified = area.verify(ref, config)
-        contract = config.table(ref.table)
-        outcome = check_run(verified.data, contract, schemas.get(contract))
     except RunRejectedError as exc:
         return RunOutcome(ref.table, ref.run_id, "would_quarantine", reason_code=exc.code,
                           message=exc.problem)
+    contract = config.table(ref.table)
+    manifest = verified.manifest
+    if wh is not None:
+        lookup_loaded(wh, ref.table, [manifest], keys, sums)
+    repeats = find_repeats(manifest, contract.merge, keys, sums)
+    if repeats.skip is not None:
+        code, message = repeats.skip
+        return RunOutcome(ref.table, ref.run_id, "would_skip", reason_code=code, message=message)
+    data = verified.data
+    if repeats.files and contract.merge == "append":
+        data, _ = drop_files(data, manifest, {f.name for f in repeats.files})
+    outcome = check_run(data, contract, schemas.get(contract))
     if not outcome.ok:
         violation = ContractViolation(ref.table, ref.run_id, outcome.failures,
                                       total_failures=outcome.total_failures)
         return RunOutcome(ref.table, ref.run_id, "would_quarantine",
                           rows_rejected=len(outcome.invalid_rows),
                           reason_code=violation.code, message=violation.problem)
-    manifest = verified.manifest
-    key = manifest.key
-    if key is not None:
-        first = keys.get(key) or (loaded_keys(wh, ref.table, [key]).get(key) if wh else None)
-        if first is not None:
-            return RunOutcome(ref.table, ref.run_id, "would_skip", reason_code="duplicate_key",
-                              message=f"idempotency key {key!r} already loaded by run {first}")
-    rows = verified.rows
-    if contract.merge == "append":
-        digests = [f.sha256 for f in manifest.files]
-        loaded = loaded_checksums(wh, ref.table, digests) if wh else {}
-        repeats = [f for f in manifest.files if f.sha256 in sums or f.sha256 in loaded]
-        if repeats and len(repeats) == len(manifest.files):
-            first = sums.get(repeats[0].sha256) or loaded[repeats[0].sha256]
-            return RunOutcome(ref.table, ref.run_id, "would_skip",
-                              reason_code="duplicate_content",
-                              message=f"every file was already loaded (first by run {first})")
-        rows -= sum(f.rows for f in repeats)
-    if key is not None:
-        keys[key] = ref.run_id
-    for f in manifest.files:
-        sums.setdefault(f.sha256, ref.run_id)
-    return RunOutcome(ref.table, ref.run_id, "would_load", rows)
+    remember(manifest, ref.run_id, keys, sums)
+    return RunOutcome(ref.table, ref.run_id, "would_load", data.num_rows)
 
 
 __all__ = ["dry_run"]

@@ -51,8 +51,6 @@ from lakehouse.ledger import (
     STATUS_SKIPPED,
     LedgerEntry,
     ledger_entries,
-    loaded_checksums,
-    loaded_keys,
     record_files,
     record_runs,
     utcnow,
@@ -80,8 +78,11 @@ from loader.batch import (
     Candidate,
     drop_files,
     drop_rows_reason,
+    find_repeats,
     ledger_row,
+    lookup_loaded,
     peek_manifest,
+    remember,
     row_mask,
 )
 from loader.dry_run import dry_run
@@ -177,17 +178,10 @@ class _Loader:
             raise self.abort
 
     def _lookup_ledger(self, table: str, candidates: list[Candidate]) -> None:
-        """Idempotency keys and file checksums of these runs that earlier loads loaded: one
-        query each per batch, from the manifests verification already parsed (a manifest is
-        read once per load)."""
-        keys = [k for c in candidates
-                if (k := c.verified.manifest.key) is not None and k not in self.keys_seen]
-        sums = [f.sha256 for c in candidates for f in c.verified.manifest.files
-                if f.sha256 not in self.sums_seen]
-        for key, run_id in loaded_keys(self.wh, table, keys).items():
-            self.keys_seen.setdefault(key, run_id)
-        for digest, run_id in loaded_checksums(self.wh, table, sums).items():
-            self.sums_seen.setdefault(digest, run_id)
+        """What earlier loads loaded of these runs, from the manifests verification already
+        parsed (a manifest is read once per load): one query each per batch."""
+        lookup_loaded(self.wh, table, [c.verified.manifest for c in candidates],
+                      self.keys_seen, self.sums_seen)
 
     # -- validation ---------------------------------------------------------------------
     def _settle(self, contract: TableContract, batch: Batch) -> None:
@@ -258,31 +252,20 @@ class _Loader:
         was loaded (skip the run if all were). ``register``: count the run as accepted."""
         verified = candidate.verified
         ref, manifest = verified.ref, verified.manifest
-        if manifest.key is not None and manifest.key in self.keys_seen:
-            batch.skipped.append((ref, manifest, "duplicate_key",
-                                  f"idempotency key {manifest.key!r} already loaded by run "
-                                  f"{self.keys_seen[manifest.key]}"))
+        repeats = find_repeats(manifest, contract.merge, self.keys_seen, self.sums_seen)
+        if repeats.skip is not None:
+            batch.skipped.append((ref, manifest, *repeats.skip))
             return None
-        repeats = [f for f in manifest.files if f.sha256 in self.sums_seen]
         data, skipped_files = verified.data, list[str]()
-        if repeats and contract.merge == "append":
-            # The same content was loaded before under another run: appending it again
-            # would duplicate rows. Skip those files (the whole run if all are repeats).
-            if len(repeats) == len(manifest.files):
-                batch.skipped.append((ref, manifest, "duplicate_content",
-                                      f"every file was already loaded (first by run "
-                                      f"{self.sums_seen[repeats[0].sha256]})"))
-                return None
-            data, skipped_files = drop_files(data, manifest, {f.name for f in repeats})
+        if repeats.files and contract.merge == "append":
+            # Content loaded before under another run: appending it again would duplicate rows.
+            data, skipped_files = drop_files(data, manifest, {f.name for f in repeats.files})
         if register:
             self._remember(verified)
-        return Candidate(verified, data, skipped_files, len(repeats))
+        return Candidate(verified, data, skipped_files, len(repeats.files))
 
     def _remember(self, verified: VerifiedRun) -> None:
-        if verified.manifest.key is not None:
-            self.keys_seen[verified.manifest.key] = verified.ref.run_id
-        for f in verified.manifest.files:
-            self.sums_seen.setdefault(f.sha256, verified.ref.run_id)
+        remember(verified.manifest, verified.ref.run_id, self.keys_seen, self.sums_seen)
 
     def _apply(self, contract: TableContract, candidate: Candidate, outcome: ValidationOutcome,
                batch: Batch) -> Accepted | None:

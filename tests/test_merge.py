@@ -490,6 +490,20 @@ def test_dry_run_reads_the_ledger_for_repeats_and_runs_it_already_has(lake: Lake
         for run_id, (status, code) in expected.items()}
 
 
+def test_dry_run_judges_repeats_before_the_contract_as_the_load_does(lake: Lake) -> None:
+    """A retry of a loaded key is skipped even when its rows would fail the contract (the load
+    drops repeats before validating), and the dry run says so."""
+    lake.stage("events", events((1, D(2026, 1, 1), "view", None)), key="k")
+    lake.load()
+    retry = lake.stage("events", events((2, D(2026, 1, 2), "bogus", -1.0)), key="k")
+    dry = lake.load(dry_run=True)
+    assert [(r.run_id, r.status, r.reason_code) for r in dry.runs] == [
+        (retry.run_id, "would_skip", "duplicate_key")]
+    real = lake.load()
+    assert [(r.run_id, r.status, r.reason_code) for r in real.runs] == [
+        (retry.run_id, "skipped", "duplicate_key")]
+
+
 @pytest.mark.parametrize("limit", ["batch_max_runs = 2", "batch_max_rows = 3",
                                    "batch_max_bytes = 1"])
 def test_batch_limits_still_load_every_run_exactly_once(tmp_path: Path, limit: str) -> None:
