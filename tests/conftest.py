@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,24 @@ def write_run_by_hand(root: Path, table: str, run_id: str, files: dict[str, byte
 def hand_run_id(n: int, producer: str = "hand") -> str:
     """A valid run id that sorts by ``n``."""
     return f"20260101T000000.{n:06d}Z-{producer}-{n:08x}"
+
+
+@contextmanager
+def holding_the_lock(root: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the warehouse lock as `lake load` for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from lakehouse.lock import WarehouseLock;"
+         "from lakehouse.layout import LakePaths;"
+         "held = WarehouseLock(LakePaths.at(sys.argv[1]), 'lake load').acquire();"
+         "print('held', flush=True); time.sleep(20)", str(root)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def lake_cli(root: Path, *args: str, env: dict[str, str] | None = None,

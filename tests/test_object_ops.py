@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import subprocess
-import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import LAKE_TOML, Lake, hand_run_id, lake_cli, make_root
+from conftest import LAKE_TOML, Lake, hand_run_id, holding_the_lock, lake_cli, make_root
 from s3server import S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lakehouse.audit import AUDIT_KEYS, AuditThresholds, audit_lake
@@ -151,21 +149,10 @@ def test_cleanup_deletes_expired_archived_runs_the_ledger_knows(tmp_path: Path, 
 def test_cleanup_on_a_bucket_waits_for_the_lock(tmp_path: Path, s3: S3) -> None:
     lk = s3_lake(tmp_path, s3, "abandon_after_hours = 0\n")
     abandon(s3)
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from lakehouse.lock import WarehouseLock;"
-         "from lakehouse.layout import LakePaths;"
-         "held = WarehouseLock(LakePaths.at(sys.argv[1]), 'lake load').acquire();"
-         "print('held', flush=True); time.sleep(20)", str(lk.root)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with holding_the_lock(lk.root) as holder:
         result = lake_cli(lk.root, "cleanup", env=s3.env)
         assert result.returncode == 75 and f"pid {holder.pid}" in result.stderr
         assert len(s3.keys("staging")) == 3 and s3.keys("quarantine") == []
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def whole(s3: S3, folder: str, names: list[str]) -> bool:

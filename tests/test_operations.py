@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from conftest import Lake, hand_run_id, lake_cli, make_root, write_run_by_hand
+from conftest import Lake, hand_run_id, holding_the_lock, lake_cli, make_root, write_run_by_hand
 
 from loader.cli import cli
 
@@ -156,21 +156,10 @@ def test_cleanup_deletes_archive_past_retention_only_when_the_ledger_accounts_fo
 
 
 def test_cleanup_is_busy_while_a_load_holds_the_lock(lake: Lake) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from lakehouse.lock import WarehouseLock;"
-         "from lakehouse.layout import LakePaths;"
-         "held = WarehouseLock(LakePaths.at(sys.argv[1]), 'lake load').acquire();"
-         "print('held', flush=True); time.sleep(20)", str(lake.root)],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with holding_the_lock(lake.root) as holder:
         result = lake_cli(lake.root, "cleanup")
         assert result.returncode == 75
         assert f"pid {holder.pid}" in result.stderr and "lake load" in result.stderr
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # -- quarantine ---------------------------------------------------------------------------
