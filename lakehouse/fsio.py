@@ -130,6 +130,23 @@ def write_temp(path: Path, produce: Callable[[HashingWriter], object]) -> tuple[
     return tmp, writer.size, writer.hexdigest()
 
 
+def write_temp_buffer(path: Path, data: Any, *, sync: bool = False) -> Path:
+    """:func:`write_temp` for content already encoded in memory (bytes or a buffer): one
+    write, no hashing (the caller hashes the same bytes, e.g. while the file is fsynced).
+    With ``sync`` the temp file is fsynced too, ready for its rename."""
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "xb") as raw:
+            raw.write(memoryview(data))
+            if sync:
+                raw.flush()
+                os.fsync(raw.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def finish_temp(tmp: Path, path: Path) -> None:
     """The second half: fsync the temp file, then rename it over ``path``.
 

@@ -8,6 +8,7 @@ either invisible (no manifest) or complete. Goes through fsspec so a root may be
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -24,10 +25,12 @@ import pyarrow.parquet as pq
 from lakehouse.fsio import (
     atomic_write,
     atomic_write_bytes,
+    bytes_digest,
     finish_temp,
     fsync_dir,
     is_local,
     write_temp,
+    write_temp_buffer,
 )
 from lakehouse.layout import (
     ABANDONED_NAME,
@@ -46,6 +49,11 @@ from lakehouse.manifest import FileEntry, Manifest
 # (zstd 14.6 ms); zstd files were ~20 % smaller. A producer can pass ``compression=``.
 PARQUET_COMPRESSION = "snappy"
 COMPRESSIONS = ("snappy", "zstd", "lz4", "gzip", "brotli", "none")
+# Tables up to this size (Arrow bytes) are encoded into memory and written in one call, then
+# hashed while the background thread fsyncs the file: streaming through a hashing Python
+# file object costs ~0.6 ms more per 1.3 MB file, and the hash (~0.7 ms) then overlaps the
+# fsync instead of preceding it. Bigger tables stream, so memory stays ~one table.
+BUFFER_MAX_BYTES = 64 << 20
 
 
 class StagingError(ValueError):
@@ -123,10 +131,18 @@ class StagedRun:
         if self.local:
             self._raise_sync_error()
             final = Path(self.path) / file_name
-            tmp, size, digest = write_temp(final, produce)
             if self._syncer is None:
                 self._syncer = ThreadPoolExecutor(1, thread_name_prefix="lake-fsync")
-            self._pending.append(self._syncer.submit(finish_temp, tmp, final))
+            if table.nbytes <= BUFFER_MAX_BYTES:
+                sink = pa.BufferOutputStream()
+                produce(sink)
+                encoded = sink.getvalue()
+                tmp = write_temp_buffer(final, encoded)
+                self._pending.append(self._syncer.submit(finish_temp, tmp, final))
+                size, digest = encoded.size, bytes_digest(memoryview(encoded))  # while fsynced
+            else:
+                tmp, size, digest = write_temp(final, produce)
+                self._pending.append(self._syncer.submit(finish_temp, tmp, final))
         else:  # one PUT under the final name
             size, digest = atomic_write(f"{self.path}/{file_name}", produce, fs=self.fs)
         entry = FileEntry(file_name, table.num_rows, size, digest)
@@ -142,18 +158,17 @@ class StagedRun:
             self.state = "empty"
             return None
         assert self.schema is not None
-        if self.local:
-            self._wait_for_files()
-            fsync_dir(self.path)  # every data file's rename is durable before the manifest
         manifest = Manifest(
             table=self.table, run_id=self.run_id, producer=self.producer,
             created_at=self.created_at, committed_at=_now(), files=tuple(self.files),
             schema=tuple((f.name, str(f.type)) for f in self.schema), key=self.key,
             extra=self.extra,
         )
-        # The manifest is the commit point: written after every data file is durable.
-        atomic_write_bytes(f"{self.path}/{MANIFEST_NAME}", manifest.to_json(),
-                           fs=None if self.local else self.fs)
+        # The manifest is the commit point: it gets its name after every data file is durable.
+        if self.local:
+            self._commit_locally(manifest.to_json())
+        else:
+            atomic_write_bytes(f"{self.path}/{MANIFEST_NAME}", manifest.to_json(), fs=self.fs)
         self.state = "committed"
         self.manifest = manifest
         return manifest
@@ -197,6 +212,21 @@ class StagedRun:
                 f"every file of a run must have one schema; first was {_describe(self.schema)}, "
                 f"this one is {_describe(schema)}"
             )
+
+    def _commit_locally(self, manifest: bytes) -> None:
+        """Write and fsync the manifest under a temp name while the data files' fsyncs finish
+        on the background thread (a temp name is never read as a manifest); rename it only
+        once every data file and its rename are durable."""
+        final = Path(self.path) / MANIFEST_NAME
+        tmp = write_temp_buffer(final, manifest, sync=True)
+        try:
+            self._wait_for_files()
+            fsync_dir(self.path)  # every data file's rename is durable before the manifest's
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.path)
 
     def _raise_sync_error(self) -> None:
         """Surface a failed background fsync/rename at the next call, not at commit only."""

@@ -176,6 +176,33 @@ def test_files_are_snappy_by_default_and_compression_is_a_choice(tmp_path: Path)
     assert read_run(folder).equals(pa.concat_tables([sample(4), sample(4, start=4)]))
 
 
+@pytest.mark.parametrize("buffer_max", [0, staging.writer.BUFFER_MAX_BYTES])
+def test_encoded_in_memory_or_streamed_the_manifest_matches_the_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer_max: int) -> None:
+    """Small tables are encoded into memory and hashed while the file is fsynced; bigger ones
+    stream through a hashing writer. Both give the same file, size and sha256."""
+    monkeypatch.setattr(staging.writer, "BUFFER_MAX_BYTES", buffer_max)
+    with stage_run(tmp_path, "plain") as run:
+        entries = [run.write(sample(50, start=50 * i)) for i in range(3)]
+    doc = check_committed_run(only_run(tmp_path, "plain"))
+    assert [f["sha256"] for f in doc["files"]] == [e.sha256 for e in entries]
+    assert [f["bytes"] for f in doc["files"]] == [e.bytes for e in entries]
+    assert temp_files(tmp_path) == []
+
+
+def test_failed_data_file_leaves_no_manifest_nor_its_temp_file(tmp_path: Path) -> None:
+    """The manifest is written under a temp name while data files are fsynced; when a data
+    file cannot take its name (here a folder is in the way), commit fails and removes it."""
+    with pytest.raises(OSError):
+        with stage_run(tmp_path, "plain") as run:
+            (tmp_path / "staging" / "plain" / run.run_id / "part-00000.parquet").mkdir()
+            run.write(sample(5))
+    folder = only_run(tmp_path, "plain")
+    assert not (folder / MANIFEST).exists()
+    assert not any(p.name.startswith(MANIFEST) for p in folder.iterdir())
+    assert run.manifest is None
+
+
 def test_write_record_batch(tmp_path: Path) -> None:
     """A RecordBatch is staged as a one-batch table."""
     batch = sample(4).to_batches()[0]
