@@ -14,12 +14,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from lakehouse.config import TableContract
 from lakehouse.contracts import ValidationOutcome
 from lakehouse.db import Warehouse
 from lakehouse.errors import ContractViolation, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME, parse_run_id
 from lakehouse.ledger import loaded_checksums, loaded_keys
 from lakehouse.manifest import FileEntry, Manifest, ManifestFormatError
+from lakehouse.merge import partition_expression, schema_changes
 from lakehouse.staged import RunRef, VerifiedRun
 
 
@@ -170,3 +172,29 @@ def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None,
     }
 
 
+
+
+def schema_problem(contract: TableContract, run_columns: list[tuple[str, str]],
+                   table_columns: list[tuple[str, str]]) -> str | None:
+    """Why runs with ``run_columns`` cannot go into the table as it is (None: they can): a
+    changed type, a missing column, new columns under ``schema_evolution = "freeze"``, or a
+    partition column the granularity cannot use."""
+    parts = []
+    if table_columns:
+        new, missing, conflicts = schema_changes(run_columns, table_columns)
+        if conflicts:
+            parts.append("type changed: " + "; ".join(conflicts))
+        if missing:
+            parts.append(f"columns missing from the run: {missing}")
+        if new and contract.schema_evolution != "add_columns":
+            parts.append(f"new columns {[n for n, _ in new]} (schema_evolution = "
+                         "\"freeze\"; set \"add_columns\" to accept them)")
+    if parts:
+        return "; ".join(parts)
+    types = {n.lower(): t for n, t in run_columns}
+    if partition_expression(contract, types) is None:
+        spec = contract.partition_by
+        assert spec is not None
+        return (f"partition column {spec.column!r} is {types.get(spec.column.lower())}"
+                f"; granularity {spec.granularity!r} needs a DATE or TIMESTAMP")
+    return None

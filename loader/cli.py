@@ -300,6 +300,8 @@ def _print_load(report: Any) -> None:
             line = f"  {r.status:17} {r.table}/{r.run_id}"
             if r.status == "would_load":
                 line += f"  {r.rows_loaded:,} rows"
+                if r.rows_rejected:
+                    line += f", {r.rows_rejected:,} dropped: [{r.reason_code}] {r.message}"
             elif r.reason_code is None:
                 line += f"  {r.message}"
             else:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pyarrow as pa
+
 from lakehouse.areas import StagingArea
-from lakehouse.config import LakeConfig
+from lakehouse.config import LakeConfig, TableContract
 from lakehouse.contracts import SchemaRegistry, check_run
-from lakehouse.db import Warehouse, open_warehouse
-from lakehouse.errors import ContractViolation, RunRejectedError
+from lakehouse.db import Warehouse, open_warehouse, quote
+from lakehouse.errors import (
+    ContractViolation,
+    KeyConflictError,
+    RunRejectedError,
+    SchemaChangeError,
+)
 from lakehouse.layout import LakePaths
 from lakehouse.ledger import ledger_entries
+from lakehouse.merge import (
+    BATCH_NAME,
+    ROW_COLUMN,
+    build_batch,
+    describe_batch,
+    find_key_conflicts,
+)
 from lakehouse.staged import RunRef
-from loader.batch import drop_files, find_repeats, lookup_loaded, remember
+from loader.batch import drop_files, find_repeats, lookup_loaded, remember, schema_problem
 from loader.report import LoadReport, RunOutcome
 
 
@@ -19,12 +35,15 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
     """Verify and validate without writing anything: what would load, what would not.
 
     The ledger is read (``lake.duckdb`` opened read-only; the caller holds the lock) to say
-    what the load would do with runs it already accounts for (finish their move) and with
-    repeated idempotency keys or content (skip them). Key conflicts with rows already in a
-    table are not predicted.
+    what the load would do with runs it already accounts for (finish their move), with
+    repeated idempotency keys or content (skip them), and, against the table as it is, with
+    schema changes; for an append with a primary key, with keys the table or an earlier run
+    of the backlog holds (kept in a temporary table: a read-only connection may have them).
     """
     schemas = SchemaRegistry(config)
     wh = _open_ledger(config.paths)
+    # Before the first load there is no warehouse: the backlog's keys go to a scratch one.
+    scratch = wh or open_warehouse(Path(":memory:"))
     try:
         entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs]) if wh else {}
         keys_seen: dict[str, dict[str, str]] = {}  # table -> idempotency key -> run
@@ -36,12 +55,11 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
                     ref.table, ref.run_id, "would_recover",
                     message=f"ledger says {entry.status}; the load would finish its move"))
                 continue
-            report.runs.append(_dry_run_one(config, area, ref, schemas, wh,
+            report.runs.append(_dry_run_one(config, area, ref, schemas, wh, scratch,
                                             keys_seen.setdefault(ref.table, {}),
                                             sums_seen.setdefault(ref.table, {})))
     finally:
-        if wh is not None:
-            wh.close()
+        scratch.close()
 
 
 def _open_ledger(paths: LakePaths) -> Warehouse | None:
@@ -52,11 +70,12 @@ def _open_ledger(paths: LakePaths) -> Warehouse | None:
 
 
 def _dry_run_one(config: LakeConfig, area: StagingArea, ref: RunRef, schemas: SchemaRegistry,
-                 wh: Warehouse | None, keys: dict[str, str], sums: dict[str, str]
-                 ) -> RunOutcome:
+                 wh: Warehouse | None, scratch: Warehouse, keys: dict[str, str],
+                 sums: dict[str, str]) -> RunOutcome:
     """What the load would do with one run the ledger does not know, in the load's order:
-    verify, skip repeats, drop repeated files, validate. ``keys`` and ``sums`` hold what
-    earlier loads and earlier runs of this dry run loaded."""
+    verify, skip repeats, drop repeated files, validate, screen against the table. ``keys``
+    and ``sums`` hold what earlier loads and earlier runs of this dry run loaded; ``scratch``
+    is ``wh`` or, before the first load, an in-memory database."""
     try:
         verified = area.verify(ref, config)
     except RunRejectedError as exc:
@@ -80,8 +99,72 @@ def _dry_run_one(config: LakeConfig, area: StagingArea, ref: RunRef, schemas: Sc
         return RunOutcome(ref.table, ref.run_id, "would_quarantine",
                           rows_rejected=len(outcome.invalid_rows),
                           reason_code=violation.code, message=violation.problem)
-    remember(manifest, ref.run_id, keys, sums)
-    return RunOutcome(ref.table, ref.run_id, "would_load", data.num_rows)
+    result = _against_table(scratch, contract, ref, data)
+    if result.status == "would_load":
+        remember(manifest, ref.run_id, keys, sums)
+    return result
+
+
+def _against_table(wh: Warehouse, contract: TableContract, ref: RunRef,
+                   data: pa.Table) -> RunOutcome:
+    """What the table as it is makes of a valid run, as the load screens a batch: a schema
+    the table refuses, and for an append with a primary key, keys already in the table or
+    in an earlier run of the backlog that would load (whose keys are kept in a temporary
+    table here)."""
+    keyed_append = contract.merge == "append" and bool(contract.primary_key)
+    table_columns = wh.columns("main", contract.name)
+    rows: set[int] = set()
+    wh.register(BATCH_NAME, build_batch([data], [ref.run_id]))
+    try:
+        problem = schema_problem(contract, describe_batch(wh), table_columns)
+        if problem is not None:
+            return RunOutcome(ref.table, ref.run_id, "would_quarantine",
+                              reason_code=SchemaChangeError.code, message=problem)
+        if keyed_append:
+            if table_columns:
+                rows.update(find_key_conflicts(wh, contract, True, several_runs=False)[0])
+            rows.update(_earlier_runs_conflicts(wh, contract))
+        outcome = _key_outcome(contract, ref, data.num_rows, len(rows))
+        if keyed_append and outcome.status == "would_load":
+            # Every key of the run: the dropped ones are in the table or the keys already.
+            wh.execute(f"INSERT INTO {_keys_table(contract)} SELECT "
+                       f"{', '.join(quote(k) for k in contract.primary_key)} FROM {BATCH_NAME}",
+                       action="remembering the backlog's keys")
+        return outcome
+    finally:
+        wh.unregister(BATCH_NAME)
+
+
+def _keys_table(contract: TableContract) -> str:
+    return quote(f"lake_dry_run_keys_{contract.name}")
+
+
+def _earlier_runs_conflicts(wh: Warehouse, contract: TableContract) -> list[int]:
+    """Rows of the registered run whose key an earlier run of this dry run would load."""
+    keys = [quote(k) for k in contract.primary_key]
+    name = _keys_table(contract)
+    wh.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT {', '.join(keys)} "
+               f"FROM {BATCH_NAME} LIMIT 0", action="keeping the backlog's keys")
+    join = " AND ".join(f"b.{k} = t.{k}" for k in keys)
+    return [r[0] for r in wh.fetchall(
+        f"SELECT b.{ROW_COLUMN} FROM {BATCH_NAME} b SEMI JOIN {name} t ON {join}",
+        action=f"checking keys of {contract.name} against the backlog")]
+
+
+def _key_outcome(contract: TableContract, ref: RunRef, num_rows: int,
+                 conflicts: int) -> RunOutcome:
+    """``on_invalid`` applied to ``conflicts`` rows whose key was loaded before."""
+    if not conflicts:
+        return RunOutcome(ref.table, ref.run_id, "would_load", num_rows)
+    key = ",".join(contract.primary_key)
+    message = (f"{conflicts} rows repeat primary keys ({key}) already in the table or in an "
+               "earlier run")
+    if contract.on_invalid == "drop_rows" and conflicts < num_rows:
+        return RunOutcome(ref.table, ref.run_id, "would_load", num_rows - conflicts,
+                          rows_rejected=conflicts, reason_code=KeyConflictError.code,
+                          message=f"{message}; they would be dropped")
+    return RunOutcome(ref.table, ref.run_id, "would_quarantine", rows_rejected=conflicts,
+                      reason_code=KeyConflictError.code, message=message)
 
 
 __all__ = ["dry_run"]

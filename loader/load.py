@@ -84,6 +84,7 @@ from loader.batch import (
     peek_manifest,
     remember,
     row_mask,
+    schema_problem,
 )
 from loader.dry_run import dry_run
 from loader.report import LoadOptions, LoadReport, RunOutcome, StopFlag, TableSummary
@@ -340,26 +341,8 @@ class _Loader:
         """Checks that need the table: schema changes and, for keyed appends, key conflicts."""
         while batch.accepted:
             self._register(batch)
-            run_columns = describe_batch(self.wh)
             table_columns = self.wh.columns("main", contract.name)
-            problem = None
-            if table_columns:
-                new, missing, conflicts = schema_changes(run_columns, table_columns)
-                parts = []
-                if conflicts:
-                    parts.append("type changed: " + "; ".join(conflicts))
-                if missing:
-                    parts.append(f"columns missing from the run: {missing}")
-                if new and contract.schema_evolution != "add_columns":
-                    parts.append(f"new columns {[n for n, _ in new]} (schema_evolution = "
-                                 "\"freeze\"; set \"add_columns\" to accept them)")
-                problem = "; ".join(parts) or None
-            types = {n.lower(): t for n, t in run_columns}
-            if problem is None and partition_expression(contract, types) is None:
-                spec = contract.partition_by
-                assert spec is not None
-                problem = (f"partition column {spec.column!r} is {types.get(spec.column.lower())}"
-                           f"; granularity {spec.granularity!r} needs a DATE or TIMESTAMP")
+            problem = schema_problem(contract, describe_batch(self.wh), table_columns)
             if problem is not None:
                 for run in batch.accepted:
                     ref = run.verified.ref

@@ -190,6 +190,22 @@ def test_load_dry_run_says_which_runs_would_be_skipped_as_repeats(lake: Lake) ->
     assert len(lines) == 2
 
 
+def test_load_dry_run_shows_rows_an_append_would_drop_for_keys_in_the_table(lake: Lake) -> None:
+    lake.stage("readings", pa.table({"sensor": ["s-1"], "ts": [D(2026, 1, 1)],
+                                     "celsius": [20.0]}))
+    assert run(lake.root, "load").exit_code == 0
+    partly = lake.stage("readings", pa.table({"sensor": ["s-1", "s-2"],
+                                              "ts": [D(2026, 1, 1), D(2026, 1, 1)],
+                                              "celsius": [21.0, 22.0]}))
+    result = run(lake.root, "load", "--dry-run")
+    assert result.exit_code == 3, result.output  # as the load would: part of a run rejected
+    assert result.stdout.splitlines() == [
+        "dry run: 1 runs would load, 0 would be quarantined",
+        f"  would_load        readings/{partly.run_id}  1 rows, 1 dropped: [key_conflict] "
+        "1 rows repeat primary keys (sensor,ts) already in the table or in an earlier run; they "
+        "would be dropped"]
+
+
 def test_load_of_an_undeclared_table_is_a_usage_error(lake: Lake) -> None:
     result = run(lake.root, "load", "--table", "nosuch")
     assert result.exit_code == 2

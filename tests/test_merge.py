@@ -504,6 +504,67 @@ def test_dry_run_judges_repeats_before_the_contract_as_the_load_does(lake: Lake)
         (retry.run_id, "skipped", "duplicate_key")]
 
 
+def test_dry_run_screens_runs_against_the_table_as_the_load_does(lake: Lake) -> None:
+    """Against the table as it is, the dry run predicts a schema change under "freeze", keys an
+    append already holds (the whole run quarantined, or with drop_rows the rows dropped), and
+    the real load then does exactly that."""
+    lake.stage("logs", logs((1, D(2026, 1, 1), "a"), (2, D(2026, 1, 2), "b")))
+    lake.stage("readings", pa.table({"sensor": ["s-1"], "ts": [D(2026, 1, 1)],
+                                     "celsius": [20.0]}))
+    lake.load()
+    conflict = lake.stage("logs", logs((2, D(2026, 1, 2), "again"), (3, D(2026, 1, 3), "c")))
+    new_column = lake.stage("logs", logs((5, D(2026, 1, 5), "e")).append_column(
+        "extra", pa.array(["x"])))
+    fresh = lake.stage("logs", logs((4, D(2026, 1, 4), "d")))
+    after_conflict = lake.stage("logs", logs((3, D(2026, 1, 3), "c")))  # 3 was in a rejected run
+    partly = lake.stage("readings", pa.table({"sensor": ["s-1", "s-2"],
+                                              "ts": [D(2026, 1, 1), D(2026, 1, 1)],
+                                              "celsius": [21.0, 22.0]}))
+    before = _tree(lake.root)
+    dry = lake.load(dry_run=True)
+    assert _tree(lake.root) == before
+    predicted = {r.run_id: (r.status, r.reason_code, r.rows_loaded, r.rows_rejected)
+                 for r in dry.runs}
+    assert predicted == {
+        conflict.run_id: ("would_quarantine", "key_conflict", 0, 1),
+        new_column.run_id: ("would_quarantine", "schema_change", 0, 0),
+        fresh.run_id: ("would_load", None, 1, 0),
+        after_conflict.run_id: ("would_load", None, 1, 0),
+        partly.run_id: ("would_load", "key_conflict", 1, 1)}
+    real = lake.load()
+    done = {r.run_id: (r.status, r.rows_loaded) for r in real.runs}
+    assert done == {conflict.run_id: ("quarantined", 0), new_column.run_id: ("quarantined", 0),
+                    fresh.run_id: ("loaded", 1), after_conflict.run_id: ("loaded", 1),
+                    partly.run_id: ("loaded", 1)}
+    assert {r.run_id: r.reason_code for r in real.runs if r.status == "quarantined"} == {
+        conflict.run_id: "key_conflict", new_column.run_id: "schema_change"}
+    assert lake.rows("SELECT sensor, celsius FROM readings ORDER BY 1") == [
+        ("s-1", 20.0), ("s-2", 22.0)]
+
+
+def test_dry_run_predicts_keys_repeated_between_runs_of_the_backlog(lake: Lake) -> None:
+    """Before the first load too: a later run repeating a key of an earlier run that would load
+    is quarantined (or loses those rows with drop_rows); the load then does exactly that."""
+    first = lake.stage("logs", logs((1, D(2026, 1, 1), "a"), (2, D(2026, 1, 2), "b")))
+    repeat = lake.stage("logs", logs((2, D(2026, 1, 2), "again")))
+    readings = [lake.stage("readings", pa.table({
+        "sensor": ["s-1", "s-2"][:n], "ts": [D(2026, 1, 1)] * n, "celsius": [20.0] * n}))
+        for n in (1, 2)]
+    dry = lake.load(dry_run=True)
+    assert {r.run_id: (r.status, r.reason_code, r.rows_loaded, r.rows_rejected)
+            for r in dry.runs} == {
+        first.run_id: ("would_load", None, 2, 0),
+        repeat.run_id: ("would_quarantine", "key_conflict", 0, 1),
+        readings[0].run_id: ("would_load", None, 1, 0),
+        readings[1].run_id: ("would_load", "key_conflict", 1, 1)}
+    real = lake.load()
+    assert {r.run_id: (r.status, r.rows_loaded) for r in real.runs} == {
+        r.run_id: (s.removeprefix("would_").replace("load", "loaded").replace(
+            "quarantine", "quarantined"), n)
+        for r, s, n in ((first, "would_load", 2), (repeat, "would_quarantine", 0),
+                        (readings[0], "would_load", 1), (readings[1], "would_load", 1))}
+
+
 @pytest.mark.parametrize("limit", ["batch_max_runs = 2", "batch_max_rows = 3",
                                    "batch_max_bytes = 1"])
 def test_batch_limits_still_load_every_run_exactly_once(tmp_path: Path, limit: str) -> None:
