@@ -23,7 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## demo: a demo lake under data/: init, 4 producers at once, load, and what was loaded.
+## ROOT=elsewhere makes it there, with a copy of data/lake.toml and data/contracts.
 demo: install
+	test -f $(ROOT)/lake.toml || { mkdir -p $(ROOT) && cp data/lake.toml $(ROOT)/ && \
+		cp -R data/contracts $(ROOT)/; }
 	$(LAKE) --root $(ROOT) init
 	$(BIN)/python -m staging.demo --root $(ROOT) --producers 4
 	$(LAKE) --root $(ROOT) load || test $$? -eq 3   # 3: something was quarantined (on purpose)
