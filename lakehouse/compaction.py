@@ -10,8 +10,10 @@ shrinks when it is rebuilt into a new file. Steps, each ordering rule commented 
    its constraints), ATTACH the old file READ_ONLY and copy every table in one pass; data tables
    are filled ``ORDER BY _lake_partition, <primary key>`` so row-group min/max prune better.
 4. Verify every table: row count and an order-independent checksum (sum of row hashes) equal.
-5. CHECKPOINT, close and fsync the new file; hard-link the old one into ``backups/``; then
-   ``os.replace`` the new file over ``lake.duckdb``: the name always points at a complete file.
+5. CHECKPOINT, close and fsync the new file. If it is not smaller than the original, delete
+   it and keep the original (``force`` swaps anyway): a swap would cost a backup and a
+   republish for nothing. Else hard-link the old one into ``backups/``; then ``os.replace``
+   the new file over ``lake.duckdb``: the name always points at a complete file.
 6. Prune old backups, republish the read snapshot.
 
 Anything failing before step 5's rename deletes the temp file and leaves the warehouse as it was.
@@ -39,7 +41,7 @@ from lakehouse.fsio import fsync_dir, temp_name
 from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
-from lakehouse.publish import mark_publish_pending, publish_snapshot
+from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 
 CRASH_POINTS = ("after_lock", "after_copy", "after_verify", "after_backup", "after_swap",
                 "before_publish")
@@ -102,6 +104,7 @@ class CompactionReport:
     backup: str | None = None
     backups_pruned: list[str] = field(default_factory=list)
     published: bool = False
+    swapped: bool = False  # False: a dry run, or the rebuilt file was not smaller (kept none)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,7 +128,8 @@ def estimate_free_ratio(wh: Warehouse) -> float:
 
 
 def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups: int = 3,
-                      lock_timeout: float = 0.0, stop: StopLike | None = None,
+                      force: bool = False, lock_timeout: float = 0.0,
+                      stop: StopLike | None = None,
                       crash_at: str | None = None,
                       progress: Callable[[str], None] | None = None) -> CompactionReport:
     """Rebuild the warehouse into a fresh file, verified, and swap it in keeping a backup.
@@ -133,6 +137,8 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
     Args:
         dry_run: only report sizes and the expected gain; change nothing.
         keep_backups: timestamped backups kept in ``warehouse/backups/`` (oldest pruned first).
+        force: swap in the rebuilt file even when it is not smaller than the original (for
+            its partition order alone); without it such a rebuild is deleted, nothing changes.
         lock_timeout: seconds to wait for the warehouse lock (and DuckDB's file lock).
         stop: checked between tables and before the swap (never during it).
         crash_at: testing only: SIGKILL this process at the named point (``CRASH_POINTS``).
@@ -172,7 +178,18 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         tmp = paths.warehouse_dir / temp_name(TEMP_BASE)
         try:
             report.tables = _rebuild(paths, tmp, stop, crash_at, say)
-            report.size_after = tmp.stat().st_size
+            report.size_after = size_after = tmp.stat().st_size
+            if not force and size_after >= report.size_before:
+                _remove_temps(tmp.parent, tmp.name)
+                say(f"kept lake.duckdb: the rebuilt file is not smaller "
+                    f"({_mib(report.size_before)} -> {_mib(size_after)}); "
+                    "--force swaps it in anyway")
+                report.backups_pruned = _prune_backups(paths, keep_backups)
+                if publish_pending(paths):  # an earlier writer died before publishing
+                    publish_snapshot(paths)
+                    report.published = True
+                report.seconds = time.monotonic() - started
+                return report
             _fsync_file(tmp)  # the new file's bytes are on disk before any name points at it
             _refuse_leftover_wal(paths, tmp)
             _check_stop(stop)  # the last safe point: from here on nothing stops the swap
@@ -197,6 +214,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             _remove_temps(tmp.parent, tmp.name)
             raise _failure(exc, paths, report.space_needed) from exc
         fsync_dir(paths.warehouse_dir)  # make the rename itself durable
+        report.swapped = True
         say(f"swapped: {_mib(report.size_before)} -> {_mib(report.size_after)}")
         _crash(crash_at, "after_swap")
         try:

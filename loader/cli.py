@@ -396,11 +396,13 @@ def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> No
 @click.option("--dry-run", is_flag=True, help="Report the expected gain; change nothing.")
 @click.option("--keep-backups", type=click.IntRange(min=0), default=3, show_default=True,
               help="Timestamped backups to keep in warehouse/backups/.")
+@click.option("--force", is_flag=True,
+              help="Swap in the rebuilt file even when it is not smaller.")
 @lock_timeout_option
 @json_option("Print the report as JSON.")
 @click.pass_obj
-def compact(obj: LakeContext, dry_run: bool, keep_backups: int, lock_timeout: float,
-            as_json: bool) -> None:
+def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
+            lock_timeout: float, as_json: bool) -> None:
     """Rebuild the warehouse into a fresh file, verified, swapped atomically with a backup."""
     from lakehouse.compaction import compact_warehouse
     from loader.report import StopFlag
@@ -408,8 +410,8 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, lock_timeout: fl
     stop = StopFlag()
     with errors_to_exit(), _stop_on_signals(stop):
         report = compact_warehouse(
-            obj.config(), dry_run=dry_run, keep_backups=keep_backups, lock_timeout=lock_timeout,
-            stop=stop, crash_at=os.environ.get(CRASH_ENV) or None,
+            obj.config(), dry_run=dry_run, keep_backups=keep_backups, force=force,
+            lock_timeout=lock_timeout, stop=stop, crash_at=os.environ.get(CRASH_ENV) or None,
             progress=None if as_json else _log_line)
     data = report.as_dict()
     if as_json:
@@ -421,6 +423,10 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, lock_timeout: fl
                    f"{report.expected_gain / mib:,.1f} MiB")
         return
     after = report.size_after or 0
+    if not report.swapped:
+        click.echo(f"kept the warehouse as it is: rebuilt {report.size_before / mib:,.1f} MiB "
+                   f"-> {after / mib:,.1f} MiB is no gain; --force swaps anyway")
+        return
     click.echo(f"compacted {report.size_before / mib:,.1f} MiB -> {after / mib:,.1f}"
                f" MiB in {report.seconds:.1f}s; backup {report.backup}")
     for name, t in sorted(report.tables.items()):

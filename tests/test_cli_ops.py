@@ -49,7 +49,17 @@ def test_compact_dry_run_then_compact(lake: Lake) -> None:
     assert dry.exit_code == 0, dry.output
     assert json.loads(dry.output)["dry_run"] is True
     assert (lake.root / "warehouse" / "lake.duckdb").read_bytes() == before
-    done = invoke(lake, "compact", "--keep-backups", "1")
+    # A freshly loaded warehouse has nothing to give back: the rebuild is dropped.
+    kept = invoke(lake, "compact", "--keep-backups", "1")
+    assert kept.exit_code == 0, kept.output
+    assert kept.stdout.startswith("kept the warehouse as it is: rebuilt ")
+    assert "kept lake.duckdb: the rebuilt file is not smaller" in kept.stderr
+    assert (lake.root / "warehouse" / "lake.duckdb").read_bytes() == before
+    assert not (lake.root / "warehouse" / "backups").exists() or not any(
+        (lake.root / "warehouse" / "backups").iterdir())
+    assert [p.name for p in (lake.root / "warehouse").iterdir()
+            if ".tmp-" in p.name] == []
+    done = invoke(lake, "compact", "--keep-backups", "1", "--force")
     assert done.exit_code == 0, done.output
     assert "compacted" in done.output and "verified" in done.output
     assert len(list((lake.root / "warehouse" / "backups").iterdir())) == 1

@@ -143,6 +143,7 @@ def test_compaction_shrinks_churned_warehouse_and_keeps_every_row(churn: Lake) -
     lines: list[str] = []
 
     report = compact_warehouse(churn.config(), progress=lines.append)
+    assert report.swapped
 
     assert isinstance(report, CompactionReport) and not report.dry_run
     assert report.size_before == original[0]
@@ -167,6 +168,9 @@ def test_compaction_shrinks_churned_warehouse_and_keeps_every_row(churn: Lake) -
 
     shutil.copyfile(backup, warehouse(churn))  # the restore procedure of docs/COMPACTION.md
     assert queries(warehouse(churn)) == before
+    restored = compact_warehouse(churn.config(), force=True)  # ... ends with compact --force
+    assert restored.swapped and restored.published
+    assert queries(churn.root / "warehouse" / "lake.read.duckdb") == before
 
 
 def test_dry_run_changes_nothing_and_reports_gain(churn: Lake) -> None:
@@ -303,15 +307,36 @@ def test_backups_are_pruned_oldest_first(lake: Lake) -> None:
     shutil.copyfile(warehouse(lake), foreign)  # a file an operator put there: never touched
     made: list[str] = []
     for _ in range(4):
-        report = compact_warehouse(lake.config(), keep_backups=2)
+        report = compact_warehouse(lake.config(), keep_backups=2, force=True)
         assert report.backup is not None
         made.append(Path(report.backup).name)
         time.sleep(0.002)  # distinct timestamps even on a coarse clock
     assert made == sorted(made)
     assert backups(lake) == sorted(["before-upgrade.duckdb", *made[-2:]])
     assert report.backups_pruned == [f"warehouse/backups/{made[1]}"]
-    report = compact_warehouse(lake.config(), keep_backups=0)
+    report = compact_warehouse(lake.config(), keep_backups=0, force=True)
     assert backups(lake) == ["before-upgrade.duckdb"] and len(report.backups_pruned) == 3
+
+
+def test_a_rebuild_that_is_not_smaller_is_dropped_and_the_original_kept(lake: Lake) -> None:
+    """Nothing to give back: no swap and no backup, the original byte for byte; a snapshot an
+    earlier writer left unpublished is still republished, and old backups still pruned."""
+    from lakehouse.publish import mark_publish_pending, publish_pending
+
+    lake.stage("events", events_batch(1, keys=500))
+    lake.load()
+    first = compact_warehouse(lake.config(), force=True)  # one backup to prune later
+    assert first.swapped and first.backup is not None
+    original = fingerprint(warehouse(lake))
+    mark_publish_pending(lake.config().paths)
+    lines: list[str] = []
+    report = compact_warehouse(lake.config(), keep_backups=0, progress=lines.append)
+    assert not report.swapped and report.backup is None
+    assert report.size_after is not None and report.size_after >= report.size_before
+    assert fingerprint(warehouse(lake)) == original and leftovers(lake) == []
+    assert lines[-1].startswith("kept lake.duckdb: the rebuilt file is not smaller")
+    assert report.backups_pruned == [first.backup] and backups(lake) == []
+    assert report.published and not publish_pending(lake.config().paths)
 
 
 def test_every_table_kind_and_foreign_objects_survive(lake: Lake) -> None:
@@ -337,8 +362,9 @@ def test_every_table_kind_and_foreign_objects_survive(lake: Lake) -> None:
     plain = lake.rows("SELECT x FROM plain ORDER BY rowid")
     assert lake.rows("SELECT id FROM logs ORDER BY rowid") == [(2,), (1,)]  # as staged
 
-    report = compact_warehouse(lake.config())
+    report = compact_warehouse(lake.config(), force=True)  # no gain here: swapped for order
 
+    assert report.swapped
     assert set(report.tables) >= {"events", "logs", "snap", "plain", "odd name"}
     assert lake.rows(sql) == shape and lake.rows("SELECT * FROM logs ORDER BY ALL") == logs
     assert lake.rows("SELECT n FROM recent") == [(2,)]
@@ -353,7 +379,7 @@ def test_every_table_kind_and_foreign_objects_survive(lake: Lake) -> None:
     con.close()
     original = fingerprint(warehouse(lake))
     with pytest.raises(CompactionError, match="sequences"):
-        compact_warehouse(lake.config())
+        compact_warehouse(lake.config(), force=True)
     assert fingerprint(warehouse(lake)) == original and leftovers(lake) == []
 
 
