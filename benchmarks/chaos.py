@@ -280,8 +280,11 @@ class Chaos:
             elif what != "audit" and r < 0.45:
                 kill_after = rng.uniform(0.1, 3.0)
             if what == "compact":
+                # Half of them --force: a lake with little churn would otherwise rarely
+                # reach the backup and the swap (a rebuild that is not smaller is dropped).
+                force = ["--force"] if crash_at or rng.random() < 0.5 else []
                 self.lake("compact", "--json", "--keep-backups", "2", "--lock-timeout", "5",
-                          crash_at=crash_at, kill_after=kill_after)
+                          *force, crash_at=crash_at, kill_after=kill_after)
             elif what == "cleanup":
                 self.lake("cleanup", "--json", "--grace-minutes", "1", "--lock-timeout", "5",
                           kill_after=kill_after)

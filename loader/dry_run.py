@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -9,7 +10,7 @@ import pyarrow as pa
 from lakehouse.areas import StagingArea
 from lakehouse.config import LakeConfig, TableContract
 from lakehouse.contracts import SchemaRegistry, check_run
-from lakehouse.db import Warehouse, open_warehouse, quote
+from lakehouse.db import Warehouse, literal, open_warehouse, quote
 from lakehouse.errors import (
     ContractViolation,
     KeyConflictError,
@@ -44,7 +45,12 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
     wh = _open_ledger(config.paths)
     # Before the first load there is no warehouse: the backlog's keys go to a scratch one.
     scratch = wh or open_warehouse(Path(":memory:"))
+    # DuckDB would spill a big temporary table next to lake.duckdb; a dry run writes nothing
+    # under the root.
+    spill = tempfile.TemporaryDirectory(prefix="lake-dry-run-")
     try:
+        scratch.execute(f"SET temp_directory = {literal(spill.name)}",
+                        action="setting the dry run's spill folder")
         entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs]) if wh else {}
         keys_seen: dict[str, dict[str, str]] = {}  # table -> idempotency key -> run
         sums_seen: dict[str, dict[str, str]] = {}  # table -> file checksum -> run
@@ -60,6 +66,7 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
                                             sums_seen.setdefault(ref.table, {})))
     finally:
         scratch.close()
+        spill.cleanup()
 
 
 def _open_ledger(paths: LakePaths) -> Warehouse | None:
