@@ -24,12 +24,13 @@ from typing import Any
 from lakehouse import layout
 from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
 from lakehouse.config import LakeConfig
-from lakehouse.db import Warehouse, open_warehouse, quote
+from lakehouse.db import Warehouse, quote
 from lakehouse.errors import LakehouseError
 from lakehouse.ledger import ledger_entries
 from lakehouse.lock import read_holder
 from lakehouse.migrations import LATEST_VERSION, schema_version
 from lakehouse.observability import HEALTH_QUERIES
+from lakehouse.publish import open_snapshot
 from lakehouse.staged import RunRef, discover_runs, uncommitted_runs
 
 AUDIT_VERSION = 1
@@ -192,7 +193,10 @@ class _Audit:
         # The snapshot's mtime is read BEFORE it is opened: if a load publishes in between, we
         # read a newer file than the mtime says, so runs archived since look "newer than the
         # snapshot" (a warning), never like runs missing from the ledger (an error).
-        live, snap = _stat(paths.warehouse), _stat(paths.read_snapshot)
+        # lake.read.duckdb links to the current snapshot version: stat and open that version
+        # (it outlives the next publish), so both describe the same file.
+        snap_file = Path(os.path.realpath(paths.read_snapshot))
+        live, snap = _stat(paths.warehouse), _stat(snap_file)
         snap_path = self.rel(paths.read_snapshot)
         warehouse: dict[str, Any] = {
             "path": self.rel(paths.warehouse), "size_bytes": live.st_size if live else None,
@@ -220,7 +224,7 @@ class _Audit:
                          "warehouse's contents cannot be audited", "lake init", path=snap_path)
         else:
             try:
-                wh = open_warehouse(paths.read_snapshot, read_only=True, external_access=False)
+                wh = open_snapshot(paths)
             except LakehouseError as exc:
                 self.problem("snapshot_unreadable", str(exc),
                              f"rm {snap_path} && lake init  (republishes it)", path=snap_path)

@@ -18,6 +18,7 @@ QUARANTINE_DIR = "quarantine"
 ARCHIVE_DIR = "archive"
 WAREHOUSE_DIR = "warehouse"
 BACKUPS_DIR = "backups"
+SNAPSHOTS_DIR = "snapshots"  # the read snapshot's versions; lake.read.duckdb links to one
 TRASH_DIR = ".trash"  # under archive/: runs renamed out of staging/ before they are deleted
 
 WAREHOUSE_FILE = "lake.duckdb"
@@ -144,6 +145,10 @@ class LakePaths:
     @property
     def backups(self) -> Path:
         return self.warehouse_dir / BACKUPS_DIR
+
+    @property
+    def snapshots(self) -> Path:
+        return self.warehouse_dir / SNAPSHOTS_DIR
 
     @property
     def lock(self) -> Path:

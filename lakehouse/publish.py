@@ -1,9 +1,20 @@
 """The published read snapshot: readers open ``lake.read.duckdb``, never ``lake.duckdb``.
 
 After a load that changed anything, the loader closes its connection (the file is fully
-checkpointed), copies the warehouse to a temp name beside the snapshot, fsyncs it and renames
-it over the old snapshot. A reader holding the old file keeps its consistent view (the old
-inode lives until it closes); a new reader sees the new data.
+checkpointed) and copies the warehouse into a new version ``snapshots/lake.read.<time>.duckdb``
+(under a temp name, fsynced, then renamed). ``lake.read.duckdb`` is a symlink, switched to the
+new version by an atomic rename. A reader holding the old version keeps its consistent view
+(its inode lives until it closes); a new reader sees the new data.
+
+Why versions and a link, not one file renamed over the old one: DuckDB opens a database path
+three times while connecting (seen with strace on 2.0), so a rename between those opens gave a
+reader one file's header and another's blocks (``Metadata block index 147 exceeds metadata
+block count 64``, or ``Could not read enough bytes``; about one connect in a thousand while
+publishing in a loop). DuckDB resolves the link once and opens the version's own path each
+time, and a version is never replaced, only deleted, ``GRACE_SECONDS`` after it was
+superseded: a reader that resolved the link just before a switch still finds it. One that
+stalled longer gets a clean "does not exist" while connecting, never a mixed file;
+:func:`open_snapshot` (``lake query``, audit, export) then resolves the link again.
 """
 
 from __future__ import annotations
@@ -13,11 +24,20 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
+from lakehouse.db import Warehouse, open_warehouse
+from lakehouse.errors import WarehouseError
 from lakehouse.fsio import fsync_dir, temp_name
 from lakehouse.layout import PUBLISH_PENDING_NAME, LakePaths
 
+SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "lake.read.", ".duckdb"
+# A superseded snapshot version is deleted by the first publish this long after it was
+# superseded (the current version and the ones superseded since are kept). Publishing a big
+# warehouse takes seconds itself, so few versions are ever kept at once.
+GRACE_SECONDS = 10.0
 # ioctl FICLONE (linux/fs.h): share the source's extents (copy-on-write) instead of copying.
 _FICLONE = 0x40049409
 
@@ -85,19 +105,74 @@ def publish_pending(paths: LakePaths) -> bool:
 
 
 def publish_snapshot(paths: LakePaths) -> PublishResult:
-    """Copy the (closed, checkpointed) warehouse to the read snapshot atomically.
+    """Copy the (closed, checkpointed) warehouse to a new snapshot version and switch
+    ``lake.read.duckdb`` to it atomically.
 
     Call with the warehouse lock held and no open write connection.
     """
     started = time.monotonic()
-    src, dst = paths.warehouse, paths.read_snapshot
-    tmp = dst.with_name(temp_name(dst.name))
+    link, folder = paths.read_snapshot, paths.snapshots
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_versions(folder, keep=_current_version(link))  # the current one stays: see above
+    name = f"{SNAPSHOT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}{SNAPSHOT_SUFFIX}"
+    version, tmp = folder / name, folder / temp_name(name)
+    link_tmp = link.with_name(temp_name(link.name))
     try:
-        method = copy_file(src, tmp)
-        os.replace(tmp, dst)  # atomic: readers see the old file or the new one
+        method = copy_file(paths.warehouse, tmp)
+        os.replace(tmp, version)
+        fsync_dir(folder)  # the version's name is durable before the link points at it
+        os.symlink(f"{folder.name}/{name}", link_tmp)
+        os.replace(link_tmp, link)  # atomic: readers see the old version or the new one
     except BaseException:
         tmp.unlink(missing_ok=True)
+        link_tmp.unlink(missing_ok=True)
+        if _current_version(link) != name:
+            version.unlink(missing_ok=True)
         raise
-    fsync_dir(dst.parent)
-    (paths.warehouse_dir / PUBLISH_PENDING_NAME).unlink(missing_ok=True)  # after the rename
-    return PublishResult(dst, dst.stat().st_size, time.monotonic() - started, method)
+    fsync_dir(link.parent)
+    (paths.warehouse_dir / PUBLISH_PENDING_NAME).unlink(missing_ok=True)  # after the switch
+    return PublishResult(link, version.stat().st_size, time.monotonic() - started, method)
+
+
+def _current_version(link: Path) -> str | None:
+    """The version file ``lake.read.duckdb`` links to (None: no link, e.g. a snapshot
+    published as a plain file by an earlier Lake)."""
+    try:
+        return Path(os.readlink(link)).name
+    except OSError:
+        return None
+
+
+def remove_superseded_snapshots(paths: LakePaths) -> None:
+    """Delete snapshot versions superseded more than ``GRACE_SECONDS`` ago (loads and cleanup
+    call it with the lock held, so a superseded version does not outlive the next cron tick)."""
+    if paths.snapshots.is_dir():
+        _remove_versions(paths.snapshots, keep=_current_version(paths.read_snapshot))
+
+
+def _remove_versions(folder: Path, keep: str | None) -> None:
+    """Delete the snapshot versions superseded more than ``GRACE_SECONDS`` ago, never
+    ``keep`` (readers that have one open keep reading it: its inode lives)."""
+    versions = sorted(p for p in folder.iterdir() if p.name.startswith(SNAPSHOT_PREFIX)
+                      and p.name.endswith(SNAPSHOT_SUFFIX))
+    now = time.time()
+    for older, newer in pairwise(versions):
+        try:
+            superseded = newer.stat().st_mtime  # written just before the link switched to it
+        except OSError:
+            continue
+        if older.name != keep and now - superseded > GRACE_SECONDS:
+            older.unlink(missing_ok=True)
+
+
+def open_snapshot(paths: LakePaths, attempts: int = 5) -> Warehouse:
+    """Open the current snapshot version read-only; if a publish deleted the version the link
+    named before DuckDB opened it (a reader stalled for ``GRACE_SECONDS``), look again."""
+    for attempt in range(attempts):
+        target = Path(os.path.realpath(paths.read_snapshot))
+        try:
+            return open_warehouse(target, read_only=True, external_access=False)
+        except WarehouseError:
+            if target.exists() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

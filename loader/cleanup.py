@@ -42,7 +42,12 @@ from lakehouse.ledger import STATUS_QUARANTINED, record_runs, utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
-from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+from lakehouse.publish import (
+    mark_publish_pending,
+    publish_pending,
+    publish_snapshot,
+    remove_superseded_snapshots,
+)
 from lakehouse.staged import uncommitted_runs
 
 DEFAULT_GRACE = timedelta(hours=1)
@@ -138,6 +143,8 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
             wh.close()
         if not dry_run and publish_pending(paths):
             publish_snapshot(paths)  # readers and `lake audit` see the new ledger rows
+        elif not dry_run:
+            remove_superseded_snapshots(paths)
         if not dry_run:
             count = empty_trash(paths)
             if count:

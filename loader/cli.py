@@ -352,14 +352,14 @@ def health(obj: LakeContext, as_json: bool) -> None:
 
 @contextmanager
 def _read_snapshot(root: Path) -> Iterator[Any]:
-    from lakehouse.db import open_warehouse
     from lakehouse.layout import LakePaths
+    from lakehouse.publish import open_snapshot
 
     paths = LakePaths.at(root)
     if not paths.read_snapshot.exists():
         raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
                          "and `lake load` first")
-    wh = open_warehouse(paths.read_snapshot, read_only=True, external_access=False)
+    wh = open_snapshot(paths)
     try:
         yield wh
     finally:

@@ -70,7 +70,12 @@ from lakehouse.merge import (
 from lakehouse.merge import add_columns as add_table_columns
 from lakehouse.migrations import migrate
 from lakehouse.observability import RunLogger
-from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+from lakehouse.publish import (
+    mark_publish_pending,
+    publish_pending,
+    publish_snapshot,
+    remove_superseded_snapshots,
+)
 from lakehouse.staged import RunRef, VerifiedRun, verify_run
 from loader.batch import (
     Accepted,
@@ -659,6 +664,8 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
             loader.crash("before_publish")
             result = publish_snapshot(paths)
             report.published, report.publish_seconds = True, result.seconds
+        else:
+            remove_superseded_snapshots(paths)
     report.seconds = time.monotonic() - started
     return report
 
