@@ -14,7 +14,7 @@ publishing in a loop). DuckDB resolves the link once and opens the version's own
 time, and a version is never replaced, only deleted, ``GRACE_SECONDS`` after it was
 superseded: a reader that resolved the link just before a switch still finds it. One that
 stalled longer gets a clean "does not exist" while connecting, never a mixed file;
-:func:`open_snapshot` (``lake query``, audit, export) then resolves the link again.
+:func:`open_snapshot` (``lake query``, ``lake audit``) then resolves the link again.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from lakehouse.fsio import fsync_dir, temp_name
 from lakehouse.layout import PUBLISH_PENDING_NAME, LakePaths
 
 SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "lake.read.", ".duckdb"
-# A superseded snapshot version is deleted by the first publish this long after it was
-# superseded (the current version and the ones superseded since are kept). Publishing a big
-# warehouse takes seconds itself, so few versions are ever kept at once.
+# A superseded snapshot version is deleted by the first publish, load or cleanup this long
+# after it was superseded (the current version is always kept). Publishing a big warehouse
+# takes seconds itself, so few versions are ever kept at once.
 GRACE_SECONDS = 10.0
 # ioctl FICLONE (linux/fs.h): share the source's extents (copy-on-write) instead of copying.
 _FICLONE = 0x40049409
@@ -113,7 +113,7 @@ def publish_snapshot(paths: LakePaths) -> PublishResult:
     started = time.monotonic()
     link, folder = paths.read_snapshot, paths.snapshots
     folder.mkdir(parents=True, exist_ok=True)
-    _remove_versions(folder, keep=_current_version(link))  # the current one stays: see above
+    remove_superseded_snapshots(paths)  # the current one stays: see above
     name = f"{SNAPSHOT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}{SNAPSHOT_SUFFIX}"
     version, tmp = folder / name, folder / temp_name(name)
     link_tmp = link.with_name(temp_name(link.name))
