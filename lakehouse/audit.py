@@ -193,8 +193,8 @@ class _Audit:
         # The snapshot's mtime is read BEFORE it is opened: if a load publishes in between, we
         # read a newer file than the mtime says, so runs archived since look "newer than the
         # snapshot" (a warning), never like runs missing from the ledger (an error).
-        # lake.read.duckdb links to the current snapshot version: stat and open that version
-        # (it outlives the next publish), so both describe the same file.
+        # lake.read.duckdb links to the current snapshot version: stat that version. Opening
+        # resolves the link again, so a publish in between gives a newer file, as above.
         snap_file = Path(os.path.realpath(paths.read_snapshot))
         live, snap = _stat(paths.warehouse), _stat(snap_file)
         snap_path = self.rel(paths.read_snapshot)

@@ -173,7 +173,6 @@ def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None,
 
 
 
-
 def schema_problem(contract: TableContract, run_columns: list[tuple[str, str]],
                    table_columns: list[tuple[str, str]]) -> str | None:
     """Why runs with ``run_columns`` cannot go into the table as it is (None: they can): a
