@@ -7,6 +7,7 @@ naming the table and key at fault (the CLI exits 2).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -15,7 +16,13 @@ from types import MappingProxyType
 from typing import Any
 
 from lakehouse.errors import ConfigError, UsageError
-from lakehouse.layout import RESERVED_PREFIX, LakePaths, is_identifier
+from lakehouse.layout import (
+    OBJECT_STORE_SCHEMES,
+    RESERVED_PREFIX,
+    LakePaths,
+    is_identifier,
+    url_scheme,
+)
 
 MERGE_STRATEGIES = ("append", "upsert", "replace_partition")
 ON_INVALID = ("quarantine", "drop_rows", "abort")
@@ -195,7 +202,9 @@ def _parse_table(name: str, body: Any, where: str) -> TableContract:
                           table=name, key="schema", path=where)
     pk = body.get("primary_key", [])
     if isinstance(pk, str):
-        pk = [pk]
+        # Refused, not wrapped: a string key is a slip, and a quiet guess would hide it.
+        raise ConfigError(f"must be a list of column names: write primary_key = "
+                          f"[{json.dumps(pk)}]", table=name, key="primary_key", path=where)
     if not isinstance(pk, list) or not all(isinstance(c, str) and is_identifier(c) for c in pk):
         raise ConfigError(f"must be a list of column names, got {pk!r}",
                           table=name, key="primary_key", path=where)
@@ -248,8 +257,11 @@ def _staging_root(value: Any, key: str, where: str) -> str | None:
         raise ConfigError(f"must be an object store URL such as 's3://bucket/lake', got "
                           f"{value!r} (local staging always lives under the lake root)",
                           key=key, path=where)
-    protocol = value.split("://", 1)[0]
-    if not protocol.replace("+", "").isalnum() or not value.split("://", 1)[1].strip("/"):
+    if url_scheme(value) not in OBJECT_STORE_SCHEMES:
+        raise ConfigError(f"{value.split('://', 1)[0]}:// is not an object store Lake stages to; "
+                          f"use one of {', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}",
+                          key=key, path=where)
+    if not value.split("://", 1)[1].strip("/"):
         raise ConfigError(f"{value!r} is not a URL with a bucket or container", key=key,
                           path=where)
     return value.rstrip("/")

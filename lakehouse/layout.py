@@ -35,6 +35,12 @@ SYMLINK_NAME = "_symlink"  # a quarantined run folder that was a symlink, moved 
 TMP_MARKER = ".tmp-"  # every file is first written as <name>.tmp-<uuid>
 DATA_SUFFIX = ".parquet"
 
+# URL schemes of the object stores staging may live in (fsspec protocols of s3fs, gcsfs and
+# adlfs: the `lake[s3]`, `lake[gcs]` and `lake[azure]` extras). Any other scheme is refused:
+# e.g. `memory://` would stage into one process's memory, where no loader ever sees it.
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+LOCAL_SCHEMES = ("file",)
+
 # Column names Lake adds to every data table; user columns may not use the prefix.
 RESERVED_PREFIX = "_lake_"
 PARTITION_COLUMN = "_lake_partition"
@@ -49,6 +55,13 @@ _RUN_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 def is_identifier(name: str) -> bool:
     """True when ``name`` is a safe SQL identifier and a safe single path component."""
     return bool(_IDENTIFIER.match(name))
+
+
+def url_scheme(location: str) -> str | None:
+    """The scheme of ``scheme://...`` as written (fsspec's are lower case), or None for a
+    plain path."""
+    scheme, sep, _ = location.partition("://")
+    return scheme if sep else None
 
 
 def is_producer_name(name: str) -> bool:

@@ -35,11 +35,14 @@ from lakehouse.fsio import (
 from lakehouse.layout import (
     ABANDONED_NAME,
     DATA_SUFFIX,
+    LOCAL_SCHEMES,
     MANIFEST_NAME,
+    OBJECT_STORE_SCHEMES,
     RESERVED_PREFIX,
     STAGING_DIR,
     is_identifier,
     new_run_id,
+    url_scheme,
 )
 from lakehouse.manifest import FileEntry, Manifest
 
@@ -78,6 +81,13 @@ class StagedRun:
         if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
             raise StagingError("idempotency key must be a non-empty string of at most 512 chars")
         if fs is None:
+            scheme = url_scheme(str(root))
+            if scheme is not None and scheme not in LOCAL_SCHEMES + OBJECT_STORE_SCHEMES:
+                # e.g. memory://: the run would "commit" where no loader ever looks.
+                raise StagingError(
+                    f"cannot stage to {str(root)!r}: {scheme}:// is not a store Lake stages to; "
+                    "use a local folder, file:// or one of "
+                    f"{', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}")
             fs, root_path = fsspec.core.url_to_fs(str(root), **(storage_options or {}))
         else:
             root_path = str(root)
@@ -258,7 +268,8 @@ def stage_run(root: str | Path, table: str, *, producer: str = "producer",
     """Open a run; leaving the block commits it, an exception abandons it.
 
     Args:
-        root: the lake root (a folder, or an fsspec URL).
+        root: the lake root (a folder, or an fsspec URL of an object store: s3://,
+            gs://, az://, ...; any other scheme raises :class:`StagingError`).
         table: the table the run feeds; must be declared in the loader's ``lake.toml``.
         producer: a short name for who staged it, embedded in the run id.
         key: an idempotency key. A producer that retries after a crash passes the same key;
