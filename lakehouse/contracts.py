@@ -9,8 +9,16 @@ keys unique within the run) run on Arrow first, without pandera.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import re
 import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +78,7 @@ class ValidationOutcome:
 
 
 class SchemaRegistry:
-    """Loads each table's pandera schema once per process, with the lake root importable."""
+    """Loads each table's pandera schema once per registry (modules once per process)."""
 
     def __init__(self, config: LakeConfig) -> None:
         self.config = config
@@ -94,24 +102,44 @@ class SchemaRegistry:
 
 
 def resolve_schema(config: LakeConfig, contract: TableContract) -> ResolvedSchema | None:
-    """Import the pandera schema named by a contract."""
+    """Import the pandera schema named by a contract.
+
+    Raises:
+        ConfigError: the schema cannot be loaded, is not a pandera schema, or cannot
+            accept the table's key or partition column.
+    """
     if contract.schema_file:
         return _schema_from_file(config, contract)
     if not contract.schema:
         return None
     module_name, _, attr = contract.schema.partition(":")
     try:
-        module = _import_from_root(config.root, module_name)
+        module = import_contract_module(config, module_name)
         obj: Any = module
         for part in attr.split("."):
             obj = getattr(obj, part)
+        return _as_resolved(obj, contract, config)
     except ConfigError:
         raise
-    except Exception as exc:  # an import of user code can raise anything
-        raise ConfigError(f"cannot load {contract.schema!r}: {type(exc).__name__}: {exc}",
-                          table=contract.name, key="schema",
-                          path=str(config.paths.config)) from None
-    return _as_resolved(obj, contract, config)
+    except KeyboardInterrupt:  # the operator's Ctrl-C stays a Ctrl-C
+        raise
+    except BaseException as exc:  # user code may raise anything, SystemExit included
+        # (A signal cannot land here as SystemExit: `lake load` resolves contracts under
+        # loader/cli.py's _stop_on_signals, whose handler only sets a flag.)
+        raise ConfigError(
+            f"cannot load {contract.schema!r}: module {module_name!r} raised "
+            f"{_describe_exception(exc)} while loading; fix the module so that importing it "
+            "only defines the schema",
+            table=contract.name, key="schema", path=str(config.paths.config)) from None
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line, short enough for an error line."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SystemExit):
+        text = f"exit code {exc.code!r}"
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _schema_from_file(config: LakeConfig, contract: TableContract) -> ResolvedSchema:
@@ -138,8 +166,10 @@ def _as_resolved(obj: Any, contract: TableContract, config: LakeConfig) -> Resol
         obj = obj.to_schema()  # a DataFrameModel class
     module = type(obj).__module__
     if module.startswith("pandera.api.polars"):
+        _check_lake_columns(obj, contract, config)
         return ResolvedSchema(obj, "polars", without_key_uniqueness(obj, contract.primary_key))
     if module.startswith("pandera.api.pandas"):
+        _check_lake_columns(obj, contract, config)
         return ResolvedSchema(obj, "pandas", without_key_uniqueness(obj, contract.primary_key))
     raise ConfigError(
         f"{contract.schema or contract.schema_file!r} is a {type(obj).__name__}, not a pandera "
@@ -147,6 +177,45 @@ def _as_resolved(obj: Any, contract: TableContract, config: LakeConfig) -> Resol
         table=contract.name, key="schema" if contract.schema else "schema_file",
         path=str(config.paths.config),
     )
+
+
+def _check_lake_columns(schema: Any, contract: TableContract, config: LakeConfig) -> None:
+    """Refuse a contract that can never accept the table's key or partition column.
+
+    Every run must hold those columns (Lake checks that first), so a ``strict = True``
+    schema that does not declare one would quarantine every run: that is a mistake in the
+    configuration, reported before any run moves. A schema that is not strict (or is
+    ``strict = "filter"``) accepts columns it does not declare, and a regex column may
+    match the name; both are fine.
+
+    Raises:
+        ConfigError: naming the table, the key at fault and the column.
+    """
+    if getattr(schema, "strict", False) is not True:
+        return
+    columns = getattr(schema, "columns", None)
+    if not isinstance(columns, dict):
+        return
+    patterns = [str(name) for name, col in columns.items() if getattr(col, "regex", False)]
+    wanted = [(c, "primary_key") for c in contract.primary_key]
+    if contract.partition_by is not None:
+        wanted.append((contract.partition_by.column, "partition_by.column"))
+    for column, key in wanted:
+        if column in columns or any(_may_match(p, column) for p in patterns):
+            continue
+        raise ConfigError(
+            f"column {column!r} is not in the strict contract "
+            f"{contract.schema or contract.schema_file!r}, so every run would be rejected; "
+            f"declare {column!r} in the schema or change {key}",
+            table=contract.name, key=key, path=str(config.paths.config))
+
+
+def _may_match(pattern: str, column: str) -> bool:
+    """True when a regex column could match ``column`` (leniently: a search, not a match)."""
+    try:
+        return re.search(pattern, column) is not None
+    except re.error:
+        return True
 
 
 def without_key_uniqueness(schema: Any, key: tuple[str, ...]) -> Any:
@@ -176,27 +245,117 @@ def without_key_uniqueness(schema: Any, key: tuple[str, ...]) -> Any:
     return None if relaxed is schema else relaxed
 
 
-def _import_from_root(root: Path, module_name: str) -> Any:
-    """Import ``module_name`` with the lake root first on the path.
+def contract_package(root: Path) -> str:
+    """The private package name a lake root's contract modules are imported under.
 
-    A module of the same top-level name imported earlier from another root (tests run many
-    roots in one process) is dropped from the cache first, so each root gets its own contracts.
+    Derived from the root's path, so two roots in one process (tests) never share modules,
+    and prefixed so no real top-level module can shadow a contract or be shadowed by one.
     """
-    root_str = str(root)
-    top = module_name.split(".")[0]
-    cached = sys.modules.get(top)
-    if cached is not None:
-        origin = getattr(cached, "__file__", None) or ""
-        locations = list(getattr(cached, "__path__", []) or [])
-        under_root = any(str(p).startswith(root_str + "/") for p in [origin, *locations] if p)
-        local_candidate = (root / top).exists() or (root / f"{top}.py").exists()
-        if local_candidate and not under_root:
-            for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-                del sys.modules[name]
-    if root_str not in sys.path:
-        sys.path.insert(0, root_str)
-    importlib.invalidate_caches()
-    return importlib.import_module(module_name)
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return f"_lake_contracts_{digest}"
+
+
+def import_contract_module(config: LakeConfig, module_name: str) -> Any:
+    """Import ``module_name`` (``contracts.events``) from files under the lake root.
+
+    The root is never put on ``sys.path``: a file such as ``<root>/glob.py`` must not replace
+    the standard library (or a package pandera probes) for the loader. Instead the module is
+    imported as ``<private package>.contracts.events``, where the private package's only
+    search location is the root, so packages, ``__init__.py`` files and relative imports
+    (``from . import common``) work as usual. While contracts import, and only then, the
+    top-level names that ``lake.toml``'s ``schema`` keys start with (``contracts``) also
+    resolve to the root's copy, so ``from contracts import common`` keeps working; no other
+    name does, and afterwards nothing of the root is importable by its plain name.
+    """
+    root = config.root
+    parts = module_name.split(".")
+    if not module_name or not all(p.isidentifier() for p in parts):
+        raise ValueError(f"{module_name!r} is not a module path")
+    package = _private_package(root)
+    names = {top for top in _schema_tops(config) if _under_root(root, top)}
+    importlib.invalidate_caches()  # files written since the last import must be seen
+    with _aliases(package, names):
+        return importlib.import_module(f"{package.__name__}.{module_name}")
+
+
+def _private_package(root: Path) -> types.ModuleType:
+    """The root's private package (created once per process), searched in the root only."""
+    name = contract_package(root)
+    existing = sys.modules.get(name)
+    if isinstance(existing, types.ModuleType):
+        return existing
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(root)]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    return module
+
+
+def _schema_tops(config: LakeConfig) -> set[str]:
+    """The top-level module names of every table's ``schema`` reference, except names of
+    the standard library (a contract module may be called ``pprint.py``, but an ``import
+    pprint`` anywhere must still find the real one)."""
+    return {top for c in config.tables.values() if c.schema
+            for top in [c.schema.partition(":")[0].split(".")[0]]
+            if top not in sys.stdlib_module_names}
+
+
+def _under_root(root: Path, top: str) -> bool:
+    return (root / top).is_dir() or (root / f"{top}.py").is_file()
+
+
+@contextmanager
+def _aliases(package: types.ModuleType, names: set[str]) -> Iterator[None]:
+    """While the block runs, ``import <name>...`` for ``names`` gives the root's modules.
+
+    Entries of those names already in ``sys.modules`` (another root's, or a real package
+    of that name) are put aside and restored afterwards; the aliases are removed.
+    """
+    if not names:
+        yield
+        return
+    finder = _AliasFinder(package.__name__, names)
+    aside = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in names}
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        for key in [k for k in sys.modules if k.split(".")[0] in names]:
+            del sys.modules[key]
+        sys.modules.update(aside)
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    """Finds ``contracts.x`` as the already-private ``<package>.contracts.x``."""
+
+    def __init__(self, package: str, names: set[str]) -> None:
+        self.package, self.names = package, names
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.split(".")[0] not in self.names:
+            return None
+        private = f"{self.package}.{fullname}"
+        if importlib.util.find_spec(private) is None:
+            return None  # not under the root: the usual finders report it missing
+        module = importlib.import_module(private)
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(module),
+                                              is_package=hasattr(module, "__path__"))
+
+
+class _AliasLoader(importlib.abc.Loader):
+    """Gives the import system an already-imported module under a second name."""
+
+    def __init__(self, module: types.ModuleType) -> None:
+        self.module = module
+        self.spec = module.__spec__
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return self.module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__spec__ = self.spec  # the import system set the alias's spec; keep the real one
 
 
 def check_run(table: pa.Table, contract: TableContract,
@@ -363,6 +522,14 @@ def _check_pandera(table: pa.Table, resolved: ResolvedSchema, outcome: Validatio
         _collect_failure_cases(exc.failure_cases, outcome)
     except SchemaError as exc:  # raised by some checks even under lazy=True
         outcome.add(FailureRecord(str(getattr(exc, "check", "schema")), None, str(exc)[:200]),
+                    schema_level=True)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        # A check is user code: pandera records a check's Exception as a failure case, but
+        # lets SystemExit and other BaseExceptions through, which ended `lake load` with
+        # exit 0 having done nothing. The run fails validation, as with any raising check.
+        outcome.add(FailureRecord("contract_raised", None, _describe_exception(exc)),
                     schema_level=True)
 
 
