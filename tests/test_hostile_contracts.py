@@ -336,9 +336,10 @@ def test_a_primary_key_written_as_a_string_is_refused(tmp_path: Path) -> None:
 
 BAD_STAGING_URLS = ("memory://lake", "http://example.com/lake", "ftp://host/lake",
                     "simplecache::s3://bucket/lake", "S3://bucket/lake")
+URL_IDS = ["memory", "http", "ftp", "chained", "upper_case"]
 
 
-@pytest.mark.parametrize("url", BAD_STAGING_URLS)
+@pytest.mark.parametrize("url", BAD_STAGING_URLS, ids=URL_IDS)
 def test_an_unknown_staging_url_scheme_is_refused_in_lake_toml(tmp_path: Path,
                                                                url: str) -> None:
     """`staging_root = "memory://lake"` gave a loader that looks at an empty memory store."""
@@ -352,7 +353,7 @@ def test_an_unknown_staging_url_scheme_is_refused_in_lake_toml(tmp_path: Path,
     assert lake.staged("logs") == [hand_run_id(1)]
 
 
-@pytest.mark.parametrize("url", BAD_STAGING_URLS[:2])
+@pytest.mark.parametrize("url", BAD_STAGING_URLS[:2], ids=URL_IDS[:2])
 def test_an_unknown_staging_url_scheme_is_refused_on_the_command_line(tmp_path: Path,
                                                                       url: str) -> None:
     """--staging-root and LAKE_STAGING_ROOT go through the same check."""
