@@ -44,16 +44,26 @@ def lake_query(root: Path, sql: str, *args: str, tmpdir: Path) -> tuple[int, str
     return result.returncode, result.stdout, result.stderr
 
 
+# Runs the command and prints its peak RSS. A small parent of its own, because a child's
+# ru_maxrss counts the memory it had between fork and exec: a copy of the pytest process.
+_RSS_PROBE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def lake_query_rss(root: Path, sql: str, fmt: str, tmpdir: Path) -> tuple[int, int]:
-    """Run `lake query` with stdout to /dev/null; return (exit code, peak RSS in MiB)."""
+    """Run `lake query` with its output thrown away; return (exit code, peak RSS in MiB)."""
     tmpdir.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loader.cli", "--root", str(root), "query", sql, "--format", fmt],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO),
+    probe = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, sys.executable, "-m", "loader.cli", "--root",
+         str(root), "query", sql, "--format", fmt],
+        capture_output=True, text=True, cwd=str(REPO), timeout=120,
         env={**os.environ, "TMPDIR": str(tmpdir)})
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, usage.ru_maxrss // 1024
+    code, kib = probe.stdout.split()
+    return int(code), int(kib) // 1024
 
 
 def every_file(root: Path) -> set[str]:
