@@ -3,6 +3,11 @@
 DuckDB has no busy timeout: opening a file another process holds fails at once with the
 holder's PID in the message. :func:`open_warehouse` retries with backoff up to a deadline and
 then raises :class:`LockHeldError` naming the holder. Driver errors become ``WarehouseError``.
+
+A reader's connection (``external_access=False``) is locked down for SQL Lake did not write
+(``lake query``, docs/SECURITY.md): no file access, the configuration locked once Lake has set
+it, and the temp directory one the caller owns. :func:`single_read_statement` admits one
+read-only statement, judged by DuckDB's own parser.
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ from typing import Any
 
 import duckdb
 
-from lakehouse.errors import LockHeldError, WarehouseError
+from lakehouse.errors import LockHeldError, UsageError, WarehouseError
 
 _LOCK_PID = re.compile(r"Conflicting lock is held in (?P<cmd>.*?) \(PID (?P<pid>\d+)\)")
+
+# What `lake query` runs: a SELECT (WITH, VALUES, FROM-first, DESCRIBE, SHOW and SUMMARIZE
+# parse as SELECT too) or an EXPLAIN of one. Everything else -- SET/RESET, PRAGMA, CALL,
+# COPY, EXPORT, ATTACH, INSTALL/LOAD, DDL and DML -- is refused before anything is opened.
+READ_STATEMENTS = frozenset({"SELECT"})
+_EXPLAIN = re.compile(r"\s*EXPLAIN(\s+ANALY[SZ]E)?(\s*\([^()]*\))?\s+(?P<inner>.*)",
+                      re.IGNORECASE | re.DOTALL)
+_FIRST_WORD = re.compile(r"(?:\s|--[^\n]*\n?|/\*.*?\*/)*([A-Za-z_]+)", re.DOTALL)
 
 
 def quote(name: str) -> str:
@@ -83,6 +96,30 @@ class Warehouse:
         except duckdb.Error as exc:
             raise WarehouseError(action, _one_line(exc), type(exc).__name__) from exc
 
+    def stream(self, sql: str, batch_rows: int, *, action: str = "running a query"
+               ) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+        """Run a query; return its column names and an iterator over batches of at most
+        ``batch_rows`` rows, fetched as they are consumed (DuckDB streams the result: memory
+        stays bounded whatever the number of rows). Consume or close before the next call.
+        """
+        try:
+            cur = self.con.execute(sql)
+        except duckdb.Error as exc:
+            raise WarehouseError(action, _one_line(exc), type(exc).__name__) from exc
+        columns = [d[0] for d in cur.description] if cur.description else []
+
+        def batches() -> Iterator[list[tuple[Any, ...]]]:
+            while columns:
+                try:
+                    rows = cur.fetchmany(batch_rows)
+                except duckdb.Error as exc:  # runtime and conversion errors surface here
+                    raise WarehouseError(action, _one_line(exc), type(exc).__name__) from exc
+                if not rows:
+                    return
+                yield rows
+
+        return columns, batches()
+
     def register(self, name: str, data: Any) -> None:
         """Expose an Arrow table to SQL as ``name`` (fetch results fully before calling)."""
         try:
@@ -136,8 +173,15 @@ class Warehouse:
 
 
 def open_warehouse(path: Path, *, read_only: bool = False, lock_timeout: float = 0.0,
-                   external_access: bool = True) -> Warehouse:
+                   external_access: bool = True, temp_directory: Path | None = None
+                   ) -> Warehouse:
     """Open the DuckDB file, retrying lock conflicts with backoff up to ``lock_timeout``.
+
+    With ``external_access=False`` (a reader running SQL it did not write) the connection
+    reads and writes no file but the database, and its configuration is locked once Lake has
+    set it, so no statement can turn file access back on, move the temp directory or start
+    file logging. DuckDB still allows its temp directory (by default ``<database>.tmp``,
+    beside the file), so such a caller passes ``temp_directory``: a private folder it removes.
 
     Raises:
         LockHeldError: another process holds the file after the deadline.
@@ -149,6 +193,8 @@ def open_warehouse(path: Path, *, read_only: bool = False, lock_timeout: float =
     config: dict[str, Any] = {}
     if not external_access:
         config["enable_external_access"] = False
+    if temp_directory is not None:
+        config["temp_directory"] = str(temp_directory)
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only, config=config)
@@ -167,7 +213,57 @@ def open_warehouse(path: Path, *, read_only: bool = False, lock_timeout: float =
         con.execute("SET TimeZone = 'UTC'")  # partition boundaries never depend on the host
     except duckdb.Error:
         pass
+    if not external_access:
+        # After the TimeZone: a locked configuration refuses every SET, RESET and
+        # configuration-changing function (enable_logging) until the connection closes.
+        try:
+            con.execute("SET lock_configuration = true")
+        except duckdb.Error as exc:
+            con.close()
+            raise WarehouseError(f"opening {path}", _one_line(exc)) from exc
     return Warehouse(con, path, read_only)
+
+
+def single_read_statement(sql: str) -> str:
+    """Check that ``sql`` is exactly one read-only statement (DuckDB's parser counts them and
+    names their type); return it.
+
+    Raises:
+        UsageError: the text does not parse, holds no statement or more than one, or its
+            statement is not a SELECT (or an EXPLAIN of one).
+    """
+    statements = _parse(sql)
+    if len(statements) != 1:
+        raise UsageError(f"lake query runs exactly one statement and got {len(statements)}; "
+                         "run them one at a time" if statements else
+                         "lake query got no SQL statement; give one SELECT")
+    statement = statements[0]
+    kind = statement.type.name
+    word = _first_word(statement.query, kind)
+    if kind == "EXPLAIN":
+        match = _EXPLAIN.match(statement.query)
+        inner = _parse(match.group("inner")) if match else []
+        if len(inner) == 1 and inner[0].type.name in READ_STATEMENTS:
+            return sql
+        if len(inner) == 1:
+            word = f"EXPLAIN {_first_word(inner[0].query, inner[0].type.name)}"
+    elif kind in READ_STATEMENTS:
+        return sql
+    raise UsageError(f"lake query refuses {word} statements: it runs one read-only SELECT on "
+                     "the snapshot, with no settings changed and no file access (see "
+                     "docs/SECURITY.md)")
+
+
+def _first_word(sql: str, default: str) -> str:
+    first = _FIRST_WORD.match(sql)
+    return first.group(1).upper() if first else default
+
+
+def _parse(sql: str) -> list[Any]:
+    try:
+        return list(duckdb.extract_statements(sql))
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -140,7 +140,7 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
     paths = config.paths
     if not paths.warehouse.is_file():
         raise UsageError(f"no warehouse at {paths.warehouse}: run `lake init` first")
-    target = open_target(options.to, table, paths)
+    target = open_target(options.to, table, paths, config.settings.staging_root)
     started = time.monotonic()
     report = ExportReport(table=table, target=target.display(), dry_run=options.dry_run,
                           pointer=target.display(POINTER_NAME))

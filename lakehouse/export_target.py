@@ -22,7 +22,7 @@ import posixpath
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from lakehouse.errors import LakehouseError, UsageError
@@ -251,12 +251,18 @@ class ExportTarget:
         return True
 
 
-def open_target(to: str, table: str, paths: LakePaths) -> ExportTarget:
+def open_target(to: str, table: str, paths: LakePaths,
+                staging_root: str | None = None) -> ExportTarget:
     """Resolve ``--to`` (a local folder or an fsspec URL) for one table.
 
+    The table's folder ``<to>/<table>/`` must lie outside the lake: not inside the root (nor
+    an ancestor of it, since pruning deletes under ``<to>/<table>/_v/``), and not inside the
+    object-store ``staging_root``. A table named ``staging`` exported to the root would
+    otherwise write into the lake's own ``staging/``.
+
     Raises:
-        UsageError: the URL's file system is not installed, or a local target lies inside
-            the lake's own folders.
+        UsageError: the URL's file system is not installed, or the table's folder overlaps
+            the lake root or the staging root.
     """
     text = str(to).strip()
     if not text:
@@ -273,22 +279,57 @@ def open_target(to: str, table: str, paths: LakePaths) -> ExportTarget:
         if is_local(fs):
             return _local_target(Path(path), table, paths)
         url = text.rstrip("/")
-        return ExportTarget(url=url, base=posixpath.join(path.rstrip("/"), table), fs=fs,
-                            base_url=f"{url}/{table}")
+        base = posixpath.join(path.rstrip("/"), table)
+        _refuse_inside_staging_root(fs, base, f"{url}/{table}", staging_root)
+        return ExportTarget(url=url, base=base, fs=fs, base_url=f"{url}/{table}")
     local = Path(text.removeprefix("file://")).expanduser().absolute()
     return _local_target(local, table, paths)
 
 
 def _local_target(folder: Path, table: str, paths: LakePaths) -> ExportTarget:
-    resolved = folder.resolve()
-    for managed in (paths.staging, paths.quarantine, paths.archive, paths.warehouse_dir):
-        if resolved == managed.resolve() or resolved.is_relative_to(managed.resolve()):
-            raise UsageError(f"--to {folder} is inside the lake's own {managed.name}/ folder; "
-                             "export to a folder outside staging/, quarantine/, archive/ and "
-                             "warehouse/")
+    # Check the folder the export writes, <to>/<table>, with every symlink resolved: a table
+    # named "staging" exported to the root, or a link pointing into the lake, is caught too.
+    base = (folder / table).resolve()
+    root = paths.root.resolve()
+    if _overlaps(base, root):
+        where = "inside" if base.is_relative_to(root) else "around"
+        raise UsageError(f"--to {folder} would write table {table} to {base}, {where} the lake "
+                         f"root {root}; export to a folder outside the lake root")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--to {folder} exists and is not a folder")
     return ExportTarget(url=str(folder), base=str(folder / table))
+
+
+def _overlaps(a: PurePath, b: PurePath) -> bool:
+    """True when one path is the other or lies inside it."""
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _refuse_inside_staging_root(fs: Any, base: str, shown: str, staging_root: str | None) -> None:
+    """Refuse an object-store target that overlaps the lake's object-store staging root
+    (same protocol, one path inside the other; endpoints are not compared, so two stores
+    with the same bucket names are refused too, which errs on the safe side)."""
+    if staging_root is None:
+        return
+    try:
+        from fsspec.core import url_to_fs
+
+        staging_fs, staging_path = url_to_fs(staging_root)
+    except (ImportError, ValueError, TypeError):
+        return  # the staging store cannot be opened here, so nothing can be written to it
+    if not set(_protocols(fs)) & set(_protocols(staging_fs)):
+        return
+    target = PurePosixPath("/", base.strip("/"))
+    staging = PurePosixPath("/", staging_path.strip("/"))
+    if _overlaps(target, staging):
+        where = "inside" if target.is_relative_to(staging) else "around"
+        raise UsageError(f"--to would write the export to {shown}, {where} the lake's staging "
+                         f"root {staging_root}; export to a prefix outside it")
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -165,13 +165,16 @@ def _remove_versions(folder: Path, keep: str | None) -> None:
             older.unlink(missing_ok=True)
 
 
-def open_snapshot(paths: LakePaths, attempts: int = 5) -> Warehouse:
-    """Open the current snapshot version read-only; if a publish deleted the version the link
+def open_snapshot(paths: LakePaths, attempts: int = 5, *,
+                  temp_directory: Path | None = None) -> Warehouse:
+    """Open the current snapshot version read-only, without file access (``temp_directory``:
+    see :func:`lakehouse.db.open_warehouse`); if a publish deleted the version the link
     named before DuckDB opened it (a reader stalled for ``GRACE_SECONDS``), look again."""
     for attempt in range(attempts):
         target = Path(os.path.realpath(paths.read_snapshot))
         try:
-            return open_warehouse(target, read_only=True, external_access=False)
+            return open_warehouse(target, read_only=True, external_access=False,
+                                  temp_directory=temp_directory)
         except WarehouseError:
             if target.exists() or attempt == attempts - 1:
                 raise

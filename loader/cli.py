@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -514,31 +514,93 @@ def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: f
 
 
 # -- query --------------------------------------------------------------------------------
+TABLE_MAX_ROWS = 1000  # the table format is for a terminal: more goes through csv or json
+
+
 @cli.command()
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="Output format.")
+              show_default=True,
+              help=f"Output format (table shows the first {TABLE_MAX_ROWS:,} rows; csv and "
+                   "json stream every row).")
 @click.pass_obj
 def query(obj: LakeContext, sql: str, fmt: str) -> None:
-    """Run a read-only SQL query on the published snapshot (no file access)."""
-    from lakehouse.errors import WarehouseError
+    """Run one read-only SELECT on the published snapshot (no file access, no SET or PRAGMA)."""
+    from loader.query import run_query
 
-    with errors_to_exit(), _read_snapshot(obj.root) as wh:
-        try:
-            columns, result = wh.query(sql, action="running your query")
-        except WarehouseError as exc:  # bad SQL is the caller's input: a usage error
-            raise UsageError(f"query failed: {exc.detail}") from None
-        rows = [list(r) for r in result]
-    if fmt == "json":
-        emit_json([dict(zip(columns, r, strict=True)) for r in rows])
-    elif fmt == "csv":
+    with errors_to_exit(), _quiet_broken_pipe(), run_query(obj.root, sql) as result:
+        if fmt == "json":
+            _echo_json_rows(result.columns, result.batches)
+        elif fmt == "csv":
+            _echo_csv_rows(result.columns, result.batches)
+        else:
+            _echo_table_rows(result.columns, result.batches)
+
+
+def _echo_csv_rows(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(columns)
+    click.echo(buf.getvalue(), nl=False)
+    for rows in batches:
         buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(columns)
-        writer.writerows(rows)
+        csv.writer(buf).writerows(rows)
         click.echo(buf.getvalue(), nl=False)
-    else:
-        click.echo(_format_table(columns, rows))
+
+
+def _echo_json_rows(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
+    """The rows as one JSON array of objects, written as they come: the same text as
+    ``emit_json`` of the whole list, without holding the list."""
+    row_text = _json_row_writer(columns)
+    first = True
+    for rows in batches:
+        chunk = ",\n".join(row_text(r) for r in rows)
+        click.echo(("[\n" if first else ",\n") + chunk, nl=False)
+        first = False
+    click.echo("[]" if first else "\n]")
+
+
+def _json_row_writer(columns: list[str]) -> Callable[[tuple[Any, ...]], str]:
+    """One row as an indented member of the array. Scalars go through the C encoder (the
+    indenting one is pure Python and ten times slower); containers, duplicate column names
+    and empty rows take json.dumps's own path, so the text is always what it would write."""
+    if not columns or len(set(columns)) != len(columns):
+        return lambda r: "  " + json.dumps(dict(zip(columns, r, strict=True)), indent=2,
+                                           default=_json_default).replace("\n", "\n  ")
+    keys = ["    " + json.dumps(c) + ": " for c in columns]
+    flat = json.JSONEncoder(default=_json_default).encode
+
+    def value(v: Any) -> str:
+        if isinstance(v, list | tuple | dict) and v:
+            return json.dumps(v, indent=2, default=_json_default).replace("\n", "\n    ")
+        return flat(v)
+
+    return lambda r: "  {\n" + ",\n".join(k + value(v) for k, v in zip(keys, r, strict=True)) \
+        + "\n  }"
+
+
+def _echo_table_rows(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
+    shown: list[tuple[Any, ...]] = []
+    more = False
+    for rows in batches:
+        room = TABLE_MAX_ROWS - len(shown)
+        if len(rows) > room:  # batches are never empty: a full table plus one row is "more"
+            shown += rows[:room]
+            more = True
+            break  # stop reading: closing the connection ends the query
+        shown += rows
+    click.echo(_format_table(columns, [list(r) for r in shown]))
+    if more:
+        click.echo(f"(first {TABLE_MAX_ROWS:,} rows shown; --format csv or json prints them all)")
+
+
+@contextmanager
+def _quiet_broken_pipe() -> Iterator[None]:
+    """`lake query ... | head` is a normal way to stop reading: exit 0 and say nothing."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
 
 
 def _format_table(columns: list[str], rows: list[list[Any]], indent: str = "") -> str:
