@@ -89,6 +89,8 @@ class StagingArea(Protocol):
     def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
                         rows: pa.Table) -> None: ...
 
+    def in_quarantine(self, table: str, run_id: str, manifest: bytes) -> bool: ...
+
     def empty_trash(self) -> int: ...
 
 
@@ -126,6 +128,11 @@ class LocalArea:
     def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
                         rows: pa.Table) -> None:
         moves.quarantine_rejected_rows(self.paths, table, run_id, reason, rows)
+
+    def in_quarantine(self, table: str, run_id: str, manifest: bytes) -> bool:
+        """False: a rename never leaves a run both in staging and in quarantine, so a run
+        found in both was copied back by hand, and is treated as a run moved back."""
+        return False
 
     def empty_trash(self) -> int:
         return moves.empty_trash(self.paths)
@@ -346,15 +353,16 @@ class ObjectArea:
         """Copy a run's objects to ``<dst_kind>/<table>/<run>``, the manifest last.
 
         Returns the destination folder, or None when the run has no objects left. A
-        destination holding another run of the same id (a different manifest) is never
-        overwritten: the copy goes to ``<run>.1``, ``<run>.2`` ...
+        destination holding anything else (another run of the same id, with a different
+        manifest; the rejected rows of a run) is never overwritten: the copy goes to
+        ``<run>.1``, ``<run>.2`` ...
         """
         src = self.folder(kind, table, run_id)
         objects = self.run_objects(kind, table, run_id)
         if not objects:
             return None
         manifest = self.read_or_none(f"{src}/{MANIFEST_NAME}")
-        dst = self._free_folder(dst_kind, table, run_id, manifest)
+        dst = self._free_folder(dst_kind, table, run_id, manifest, objects)
         self.copy_objects(src, dst, objects)
         return dst
 
@@ -411,10 +419,17 @@ class ObjectArea:
     def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],
                         rows: pa.Table) -> None:
         """drop_rows: the rows that were not loaded, then the reason (two PUTs; a retry
-        after a crash writes the same two objects again)."""
+        after a crash writes the same two objects again). Into ``quarantine/<table>/<run>``
+        unless another run of that id is quarantined there: then ``<run>.1`` ..."""
         sink = pa.BufferOutputStream()
         pq.write_table(rows, sink)
-        dst = self.folder(QUARANTINE_DIR, table, run_id)
+        n = 0
+        while True:  # a folder holding only rejected rows is an earlier try of this step
+            dst = self.folder(QUARANTINE_DIR, table, run_id if n == 0 else f"{run_id}.{n}")
+            if set(self.run_objects(QUARANTINE_DIR, table, dst.rsplit("/", 1)[1])) <= {
+                    REJECTED_ROWS_NAME, REASON_NAME}:
+                break
+            n += 1
         self.put(f"{dst}/{REJECTED_ROWS_NAME}", sink.getvalue().to_pybytes())
         self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=str).encode())
 
@@ -423,6 +438,20 @@ class ObjectArea:
         its manifest until last, so the next load finishes it."""
         return 0
 
+    def in_quarantine(self, table: str, run_id: str, manifest: bytes) -> bool:
+        """Whether ``quarantine/<table>/<run>`` (or ``<run>.N``) already holds a run with this
+        very manifest: the staged copy is what a move to quarantine (or a replay out of it)
+        left behind when it was cut short."""
+        n = 0
+        while True:
+            there = self.read_or_none(self.folder(QUARANTINE_DIR, table, run_id if n == 0
+                                                  else f"{run_id}.{n}") + f"/{MANIFEST_NAME}")
+            if there is None:
+                return False
+            if there == manifest:
+                return True
+            n += 1
+
     def read_or_none(self, path: str) -> bytes | None:
         """One object's bytes, or None when there is no such object."""
         try:
@@ -430,17 +459,28 @@ class ObjectArea:
         except FileNotFoundError:
             return None
 
-    def _free_folder(self, kind: str, table: str, run_id: str, manifest: bytes | None) -> str:
-        """The destination for a run: its own name, unless another run's copy sits there.
+    def _free_folder(self, kind: str, table: str, run_id: str, manifest: bytes | None,
+                     objects: dict[str, int]) -> str:
+        """The destination for a run: its own name, unless something else sits there.
 
-        A folder without a manifest is this run's own partial copy (the manifest is copied
-        last) and is reused; so is one holding the same manifest.
+        A folder holding the same manifest is this run's own copy, and is reused; so is one
+        without a manifest whose every object is one of the run's, of the same size (a
+        partial copy: the manifest is copied last). Anything else (another run of the same
+        id, the rejected rows of a run) is left alone: the next free ``<run>.N`` is used. A
+        run without a manifest (an abandoned one) reuses any folder without a manifest: its
+        own copy, which may hold more than the remainder left in staging.
         """
         n = 0
         while True:
-            dst = self.folder(kind, table, run_id if n == 0 else f"{run_id}.{n}")
+            name = run_id if n == 0 else f"{run_id}.{n}"
+            dst = self.folder(kind, table, name)
             there = self.read_or_none(f"{dst}/{MANIFEST_NAME}")
-            if there is None or there == manifest:
+            if manifest is None:
+                if there is None:
+                    return dst
+            elif there == manifest or (
+                    there is None
+                    and self.run_objects(kind, table, name).items() <= objects.items()):
                 return dst
             n += 1
 

@@ -205,6 +205,23 @@ class KeyConflictError(RunRejectedError):
     code = "key_conflict"
 
 
+class RunIdReusedError(RunRejectedError):
+    """A run staged under the id of a run the ledger records as loaded, with another manifest.
+
+    The ledger is keyed by (table, run id), so the run cannot load under that id; it is
+    quarantined (never archived or deleted) and must be staged again under a new id.
+    """
+
+    code = "run_id_reused"
+
+    def __init__(self, table: str, run_id: str, detail: str) -> None:
+        super().__init__(
+            table, run_id,
+            f"its id belongs to a run already loaded into {table}, and this is another run "
+            f"({detail}); it was not loaded. Stage its data again under a new run id "
+            "(stage_run makes one): `lake quarantine replay` cannot load it under this id")
+
+
 def summarize_failures(failures: list[FailureRecord], total: int, shown: int = 3) -> str:
     """One-line summary: failures grouped by column and check, ending '... and N more'."""
     if not failures:

@@ -1,7 +1,8 @@
 """The exactly-once ledger (``meta.staged_runs``, ``meta.staged_files``): reads and batched writes.
 
 A run's ledger row commits in the same transaction as its data rows. Recovery reads the
-ledger: a committed run found in the ledger only finishes its move out of staging.
+ledger: a committed run found in the ledger with the manifest it recorded (its SHA-256)
+only finishes its move out of staging (``loader/recovery.py`` decides).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class LedgerEntry:
     status: str
     reason_json: str | None
     rows_rejected: int
+    manifest_sha256: str | None = None  # of the manifest recorded; None when none was read
 
 
 def utcnow() -> datetime:
@@ -57,11 +59,11 @@ def ledger_entries(wh: Warehouse, runs: list[tuple[str, str]]
     if not runs:
         return {}
     rows = wh.fetchall(
-        "SELECT run_id, table_name, status, reason_json, coalesce(rows_rejected, 0) "
-        "FROM meta.staged_runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+        "SELECT run_id, table_name, status, reason_json, coalesce(rows_rejected, 0), "
+        "manifest_sha256 FROM meta.staged_runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
         [sorted({run_id for _, run_id in runs})], action="reading the ledger")
     wanted = set(runs)
-    return {(r[1], r[0]): LedgerEntry(r[0], r[1], r[2], r[3], int(r[4])) for r in rows
+    return {(r[1], r[0]): LedgerEntry(r[0], r[1], r[2], r[3], int(r[4]), r[5]) for r in rows
             if (r[1], r[0]) in wanted}
 
 
@@ -109,6 +111,18 @@ def record_runs(wh: Warehouse, rows: list[dict[str, Any]]) -> None:
 def record_files(wh: Warehouse, rows: list[dict[str, Any]]) -> None:
     """Remember loaded files' checksums for good."""
     insert_rows(wh, "meta.staged_files", STAGED_FILES_SCHEMA, rows)
+
+
+def forget_runs(wh: Warehouse, runs: list[tuple[str, str]]) -> None:
+    """Drop the quarantined or skipped rows of these (table, run id) pairs, so that the runs
+    staged under those ids now are loaded as new runs. A ``loaded`` row is never dropped:
+    its run's rows are in the table."""
+    if not runs:
+        return
+    wh.execute("DELETE FROM meta.staged_runs WHERE status IN (?, ?) AND (table_name, run_id) IN "
+               "(SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]))",
+               [STATUS_QUARANTINED, STATUS_SKIPPED, [t for t, _ in runs], [r for _, r in runs]],
+               action="updating the ledger")
 
 
 def forget_run(wh: Warehouse, table: str, run_id: str) -> None:

@@ -1,14 +1,18 @@
 """State changes of a run's folder. Each is one rename, in a function named after it.
 
 Ordering rules (see ``loader/load.py``): a run leaves ``staging/`` only after its ledger row
-committed (archive, delete) or after its reason is written beside it (quarantine). Deleting
-renames the folder out of ``staging/`` first, so a kill halfway through an ``rmtree`` never
-leaves a half-deleted run where the loader looks.
+committed (archive, delete) or after its reason is written beside it (quarantine). The
+caller archives or deletes a run the ledger already knew only when its manifest is the one
+the ledger recorded (``loader/recovery.py``). Deleting renames the folder out of
+``staging/`` first, so a kill halfway through an ``rmtree`` never leaves a half-deleted run
+where the loader looks. Nothing already in ``archive/`` or ``quarantine/`` is overwritten or
+deleted by a move: a second folder of the same run id goes to ``<run_id>.N``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -70,18 +74,31 @@ def quarantine_rejected_rows(paths: LakePaths, table: str, run_id: str, reason: 
     """For ``drop_rows``: put the rows that were not loaded, with the reason, in quarantine.
 
     Built under a temp name and renamed into place, replacing an earlier attempt of the same
-    run (a load killed after this step and before its commit redoes it).
+    run (a load killed after this step and before its commit redoes it): a folder holding
+    only rejected rows and a reason. Any other folder of that name (another run of the same
+    id, quarantined whole) is never replaced: the rows go to ``<run_id>.N``.
     """
     dst = paths.quarantined_run(table, run_id)
+    n = 0
+    while os.path.lexists(dst) and not _only_rejected_rows(dst):
+        n += 1
+        dst = dst.with_name(f"{run_id}.{n}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}{TMP_MARKER}{uuid.uuid4().hex}")
     tmp.mkdir()
     atomic_write(tmp / REJECTED_ROWS_NAME, lambda w: pq.write_table(rows, w))
     atomic_write_bytes(tmp / REASON_NAME, json.dumps(reason, indent=1, default=str).encode())
-    if dst.exists():
+    if os.path.lexists(dst):
         delete_run_folder(paths, dst)
     rename_durably(tmp, dst)
     return dst
+
+
+def _only_rejected_rows(folder: Path) -> bool:
+    """A real folder holding nothing but ``_rejected_rows.parquet`` and ``_reason.json``."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return {entry.name for entry in os.scandir(folder)} <= {REJECTED_ROWS_NAME, REASON_NAME}
 
 
 def delete_run_folder(paths: LakePaths, folder: Path, *, sync: bool = True) -> None:
@@ -107,10 +124,11 @@ def empty_trash(paths: LakePaths) -> int:
 
 
 def _free_name(path: Path) -> Path:
-    """``path``, or ``path.N`` when something already sits there (never overwrite evidence)."""
-    if not path.exists():
+    """``path``, or ``path.N`` when something already sits there, even a dangling link
+    (never overwrite evidence)."""
+    if not os.path.lexists(path):
         return path
     n = 1
-    while path.with_name(f"{path.name}.{n}").exists():
+    while os.path.lexists(path.with_name(f"{path.name}.{n}")):
         n += 1
     return path.with_name(f"{path.name}.{n}")

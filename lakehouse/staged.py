@@ -202,6 +202,21 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
     return _verify(ref, names, read)
 
 
+def read_run_file(ref: RunRef, name: str) -> bytes:
+    """One file of a committed run, read as verification reads it (a regular file in a real
+    run folder, never through a link; an object in a store).
+
+    Raises:
+        RunRejectedError: it is missing, not a regular file, or cannot be read.
+    """
+    if ref.store is not None:
+        return _read_object(ref, name)
+    folder = str(ref.local_path)
+    if os.path.islink(folder):
+        raise InvalidRunError(ref.table, ref.run_id, "the run folder is a symlink")
+    return _read_regular(ref, folder, name)
+
+
 def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> VerifiedRun:
     manifest_bytes = read(MANIFEST_NAME)
     try:

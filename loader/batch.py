@@ -52,7 +52,8 @@ class Batch:
     accepted: list[Accepted] = field(default_factory=list)
     rejected: list[tuple[RunRef, RunRejectedError, Manifest | None, str | None]] = field(
         default_factory=list)
-    skipped: list[tuple[RunRef, Manifest, str, str]] = field(default_factory=list)
+    # (run, manifest, reason code, message, manifest sha256)
+    skipped: list[tuple[RunRef, Manifest, str, str, str]] = field(default_factory=list)
     rows: int = 0
     bytes: int = 0
     keys_unique: bool = False  # known: no key repeats within or across the accepted runs

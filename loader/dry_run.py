@@ -28,6 +28,7 @@ from lakehouse.merge import (
 )
 from lakehouse.staged import RunRef
 from loader.batch import drop_files, find_repeats, lookup_loaded, remember, schema_problem
+from loader.recovery import FINISH, REUSED, judge
 from loader.report import LoadReport, RunOutcome
 
 
@@ -36,7 +37,9 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
     """Verify and validate without writing anything: what would load, what would not.
 
     The ledger is read (``lake.duckdb`` opened read-only; the caller holds the lock) to say
-    what the load would do with runs it already accounts for (finish their move), with
+    what the load would do with runs it already accounts for (finish their move, quarantine
+    another run under a loaded run's id, or take a run under a skipped or quarantined id as
+    new), with
     repeated idempotency keys or content (skip them), and, against the table as it is, with
     schema changes; for an append with a primary key, with keys the table or an earlier run
     of the backlog holds (kept in a temporary table: a read-only connection may have them).
@@ -56,10 +59,20 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
         sums_seen: dict[str, dict[str, str]] = {}  # table -> file checksum -> run
         for ref in refs:
             entry = entries.get((ref.table, ref.run_id))
-            if entry is not None:
+            # What the load's recovery step would decide (``loader/recovery.py``); a run it
+            # would take as new is judged below like any other.
+            judged = judge(area, ref, entry) if entry is not None else None
+            if judged is not None and judged.action == FINISH:
                 report.runs.append(RunOutcome(
                     ref.table, ref.run_id, "would_recover",
-                    message=f"ledger says {entry.status}; the load would finish its move"))
+                    message=f"ledger says {judged.entry.status}; the load would finish its "
+                            "move"))
+                continue
+            if judged is not None and judged.action == REUSED:
+                error = judged.error()
+                report.runs.append(RunOutcome(
+                    ref.table, ref.run_id, "would_quarantine", rows_rejected=judged.rows,
+                    reason_code=error.code, message=error.problem))
                 continue
             report.runs.append(_dry_run_one(config, area, ref, schemas, wh, scratch,
                                             keys_seen.setdefault(ref.table, {}),

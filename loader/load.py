@@ -3,7 +3,10 @@
 Ordering rules, each enforced where it is commented below:
 
 1. The warehouse lock is held for the whole load (one writer).
-2. Runs already in the ledger only finish their move: they are never merged twice.
+2. Runs already in the ledger with the manifest it recorded only finish their move: they
+   are never merged twice. Another run under a loaded run's id is quarantined, never
+   archived or deleted; one under a skipped or quarantined id is loaded as a new run
+   (``loader/recovery.py``).
 3. A batch's data rows, its runs' ledger rows (loaded, skipped, quarantined), the loaded files'
    checksums, run assets, checks and watermarks commit in ONE transaction.
 4. Runs leave staging only after that commit (archive / quarantine), so a crash at any instant
@@ -50,6 +53,7 @@ from lakehouse.ledger import (
     STATUS_QUARANTINED,
     STATUS_SKIPPED,
     LedgerEntry,
+    forget_runs,
     ledger_entries,
     record_files,
     record_runs,
@@ -92,6 +96,7 @@ from loader.batch import (
     schema_problem,
 )
 from loader.dry_run import dry_run
+from loader.recovery import AFRESH, REUSED, Recovery, judge
 from loader.report import LoadOptions, LoadReport, RunOutcome, StopFlag, TableSummary
 
 CRASH_POINTS = ("after_lock", "after_verify", "before_commit", "after_commit", "mid_archive",
@@ -129,19 +134,51 @@ class _Loader:
             self.options.progress(outcome)
 
     # -- recovery -------------------------------------------------------------------------
-    def finish_moves(self, refs: list[RunRef],
-                     entries: dict[tuple[str, str], LedgerEntry]) -> None:
-        """Runs the ledger already accounts for: finish their move, never merge them again."""
-        for ref in refs:
-            entry = entries[(ref.table, ref.run_id)]
+    def finish_moves(self, refs: list[RunRef], entries: dict[tuple[str, str], LedgerEntry]
+                     ) -> set[tuple[str, str]]:
+        """Runs the ledger already knows (``loader/recovery.py``): the run it recorded only
+        finishes its move, never merged again; another run under a loaded run's id is
+        quarantined as ``run_id_reused``. Returns the runs to load as new ones, whose
+        skipped or quarantined ledger rows are forgotten first."""
+        judged = [judge(self.area, ref, entries[(ref.table, ref.run_id)]) for ref in refs]
+        afresh = {(j.ref.table, j.ref.run_id) for j in judged if j.action == AFRESH}
+        if afresh:
+            # The rows are dropped before the runs load (as `lake quarantine replay` does): a
+            # crash in between leaves runs that are in staging and not in the ledger, which
+            # the next load takes as new. Their new rows commit with their batches.
+            mark_publish_pending(self.paths)
+            with self.wh.transaction("forgetting runs staged again under their ids"):
+                forget_runs(self.wh, sorted(afresh))
+            self.changed = True
+        for j in judged:
+            ref, entry = j.ref, j.entry
+            if j.action == AFRESH:
+                continue
+            if j.action == REUSED:
+                self._quarantine_reused(j)
+                continue
             if entry.status == STATUS_QUARANTINED:
                 reason = json.loads(entry.reason_json) if entry.reason_json else {}
                 self.area.quarantine(ref.table, ref.run_id, reason)
             else:
+                # Only the run the ledger recorded (its manifest) is archived or deleted.
                 self.area.archive(ref.table, ref.run_id,
                                   retention_days=self.config.settings.retention_days)
             self.emit(RunOutcome(ref.table, ref.run_id, "recovered",
                                  message=f"ledger says {entry.status}; finished its move"))
+        return afresh
+
+    def _quarantine_reused(self, judged: Recovery) -> None:
+        """A run under the id of a loaded run: kept whole in quarantine, never archived or
+        deleted; the ledger keeps the loaded run's row (its key is the table and run id)."""
+        ref, error = judged.ref, judged.error()
+        self.area.quarantine(ref.table, ref.run_id, error.reason())
+        if self.logger:
+            self.logger.log_check(ref.table, error.code, passed=False,
+                                  message=error.problem[:1000], metrics={"run_id": ref.run_id})
+            self.changed = True  # the check is published with the next snapshot
+        self.emit(RunOutcome(ref.table, ref.run_id, "quarantined", rows_rejected=judged.rows,
+                             reason_code=error.code, message=error.problem))
 
     # -- per table --------------------------------------------------------------------------
     def load_table(self, table: str, refs: list[RunRef]) -> None:
@@ -260,7 +297,7 @@ class _Loader:
         ref, manifest = verified.ref, verified.manifest
         repeats = find_repeats(manifest, contract.merge, self.keys_seen, self.sums_seen)
         if repeats.skip is not None:
-            batch.skipped.append((ref, manifest, *repeats.skip))
+            batch.skipped.append((ref, manifest, *repeats.skip, verified.manifest_sha256))
             return None
         data, skipped_files = verified.data, list[str]()
         if repeats.files and contract.merge == "append":
@@ -496,8 +533,9 @@ class _Loader:
                 run_rows.append(ledger_row(ref, manifest, manifest_sha, STATUS_QUARANTINED,
                                             error.reason(), 0,
                                             manifest.rows if manifest else 0, load_id, now))
-            for ref, manifest, code, message in batch.skipped:
-                run_rows.append(ledger_row(ref, manifest, None, STATUS_SKIPPED,
+            for ref, manifest, code, message, manifest_sha in batch.skipped:
+                # The manifest's checksum too: recovery finishes the move of this run only.
+                run_rows.append(ledger_row(ref, manifest, manifest_sha, STATUS_SKIPPED,
                                             {"code": code, "message": message}, 0, 0,
                                             load_id, now))
             # Ordering rule 3: ledger rows commit with the data rows.
@@ -543,7 +581,7 @@ class _Loader:
             log.log_check(ref.table, error.code, passed=False, severity="error",
                           message=error.problem[:1000],
                           metrics={"run_id": ref.run_id, "failures": error.total_failures})
-        for ref, _, code, message in batch.skipped:
+        for ref, _, code, message, _ in batch.skipped:
             log.log_check(ref.table, code, passed=False, severity="warn", message=message,
                           metrics={"run_id": ref.run_id})
 
@@ -565,7 +603,7 @@ class _Loader:
         tables = set()
         if not isinstance(self.area, LocalArea):
             self._archive_in_parallel([run.verified.ref for run in batch.accepted]
-                                      + [ref for ref, _, _, _ in batch.skipped], retention)
+                                      + [entry[0] for entry in batch.skipped], retention)
         for run in batch.accepted:
             ref = run.verified.ref
             # No fsync per run: the ledger committed, so a lost rename is redone next load.
@@ -580,7 +618,7 @@ class _Loader:
                                  "rows_dropped" if run.rejected_rows is not None else None,
                                  None if run.rejected_rows is None else
                                  f"{run.rejected_rows.num_rows} invalid rows quarantined"))
-        for ref, _manifest, code, message in batch.skipped:
+        for ref, _manifest, code, message, _ in batch.skipped:
             if isinstance(self.area, LocalArea):
                 self.area.archive(ref.table, ref.run_id, retention_days=retention, sync=False)
             tables.add(ref.table)
@@ -633,10 +671,12 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
                 report.load_run_id = logger.run_id
                 loader = _Loader(config, options, wh, logger, report)
                 entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs])
-                # Ordering rule 2: the ledger wins; those runs only finish their move.
-                loader.finish_moves([r for r in refs if (r.table, r.run_id) in entries],
-                                    entries)
-                pending = [r for r in refs if (r.table, r.run_id) not in entries]
+                # Ordering rule 2: the ledger wins for the runs it recorded (same manifest):
+                # they only finish their move. Others staged under a known id are new runs.
+                afresh = loader.finish_moves(
+                    [r for r in refs if (r.table, r.run_id) in entries], entries)
+                pending = [r for r in refs if (r.table, r.run_id) not in entries
+                           or (r.table, r.run_id) in afresh]
                 aborted: list[LoadAbortedError] = []
                 for table in dict.fromkeys(r.table for r in pending):
                     try:

@@ -273,6 +273,8 @@ def test_committed_run_left_in_staging_is_recovered_not_loaded_twice(lake: Lake,
 
 
 def test_quarantined_run_left_in_staging_is_moved_to_quarantine_not_loaded(lake: Lake) -> None:
+    """A quarantine move cut short: the run is verified again (a quarantined run has no rows
+    in the table), fails the same way and ends in quarantine under its one ledger row."""
     import datetime as dt
 
     bad = pa.table({"event_id": [1], "ts": [dt.datetime(2026, 1, 1)], "kind": ["nope"],
@@ -284,7 +286,8 @@ def test_quarantined_run_left_in_staging_is_moved_to_quarantine_not_loaded(lake:
               lake.root / "staging" / "events" / run_id)
 
     report = lake.load()
-    assert [(r.run_id, r.status) for r in report.runs] == [(run_id, "recovered")]
+    assert [(r.run_id, r.status, r.reason_code) for r in report.runs] == [
+        (run_id, "quarantined", "contract_violation")]
     assert lake.staged("events") == []
     assert lake.quarantined("events") == [run_id]
     assert lake.ledger() == {run_id: "quarantined"}
