@@ -40,6 +40,18 @@ import pyarrow.parquet as pq
 from lakehouse import moves
 from lakehouse.config import LakeConfig
 from lakehouse.errors import LakehouseError
+from lakehouse.fsio import (
+    MARKER_MAX_BYTES,
+    FileTooLargeError,
+    NotRegularFileError,
+    UnsafeFileError,
+    bytes_digest,
+    check_size,
+    is_local,
+    open_regular,
+    read_regular,
+    stream_digest,
+)
 from lakehouse.layout import (
     ARCHIVE_DIR,
     MANIFEST_NAME,
@@ -253,41 +265,77 @@ class ObjectArea:
         """Run folders in staging with objects but no manifest (being written, or abandoned)."""
         return {k: v for k, v in self.runs_in(STAGING_DIR).items() if MANIFEST_NAME not in v}
 
-    def read(self, path: str) -> bytes:
-        """One object's bytes.
+    def read(self, path: str, max_bytes: int, *, size: int | None = None) -> bytes:
+        """One object's bytes, of at most ``max_bytes``.
+
+        ``size`` is the object's size from a listing; without it the store is asked first
+        (one request). Either way the size is checked before the object is fetched, and
+        the bytes after. On a local file system (a ``file://`` staging root) the object is
+        read as :func:`lakehouse.fsio.read_regular` reads a file: never through a link,
+        never blocking on a FIFO.
 
         Raises:
             FileNotFoundError: there is no such object.
+            UnsafeFileError: it is bigger than ``max_bytes`` (or, locally, not a regular file).
             StagingUnavailableError: the store did not answer.
         """
         try:
-            return bytes(self.fs.cat_file(path))
-        except FileNotFoundError:
+            if is_local(self.fs):
+                return read_regular(path, max_bytes)
+            check_size(self.url(path), self.fs.size(path) if size is None else size, max_bytes)
+            data = bytes(self.fs.cat_file(path))
+            check_size(self.url(path), len(data), max_bytes)  # replaced since it was listed
+            return data
+        except (FileNotFoundError, UnsafeFileError):
             raise
         except _STORE_ERRORS as exc:
             raise StagingUnavailableError(
                 f"cannot read {self.url(path)}: {exc}; nothing was moved, run the command "
                 "again when the store answers") from None
 
-    def read_many(self, paths: list[str]) -> dict[str, bytes]:
-        """Many small objects at once (the store client fetches them concurrently); a missing
-        one is left out.
+    def read_many(self, sizes: dict[str, int],
+                  max_bytes: int = MARKER_MAX_BYTES) -> dict[str, bytes | UnsafeFileError]:
+        """Many small objects at once (the store client fetches them concurrently), each of
+        at most ``max_bytes``: ``sizes`` maps each path to its size in a listing.
+
+        A missing object is left out. One above the cap (by the listing, or by what came
+        back) is not fetched and maps to the :class:`UnsafeFileError` saying so, for the
+        caller to report; so does, on a local file system, a link or special file.
 
         Raises:
             StagingUnavailableError: the store did not answer.
         """
-        if not paths:
-            return {}
+        out: dict[str, bytes | UnsafeFileError] = {}
+        wanted = []
+        for path, size in sizes.items():
+            if size > max_bytes:
+                out[path] = FileTooLargeError(self.url(path), size, max_bytes)
+            else:
+                wanted.append(path)
+        if not wanted:
+            return out
+        if is_local(self.fs):
+            for path in wanted:
+                try:
+                    out[path] = self.read(path, max_bytes, size=sizes[path])
+                except FileNotFoundError:
+                    continue
+                except UnsafeFileError as exc:
+                    out[path] = exc
+            return out
         try:
-            found = self.fs.cat(paths, on_error="omit")
+            found = self.fs.cat(wanted, on_error="omit")
         except _STORE_ERRORS as exc:
             raise StagingUnavailableError(
-                f"cannot read {self.url(paths[0])} and {len(paths) - 1} more: {exc}; run the "
-                "command again when the store answers") from None
+                f"cannot read {self.url(wanted[0])} and {len(wanted) - 1} more: {exc}; run "
+                "the command again when the store answers") from None
         if not isinstance(found, dict):  # one path: some stores return its bytes directly
-            found = {paths[0]: found}
-        return {path: bytes(data) for path, data in found.items()
-                if isinstance(data, bytes | bytearray | memoryview)}
+            found = {wanted[0]: found}
+        for path, data in found.items():
+            if isinstance(data, bytes | bytearray | memoryview):
+                out[path] = (bytes(data) if len(data) <= max_bytes
+                             else FileTooLargeError(self.url(path), len(data), max_bytes))
+        return out
 
     def modified(self, path: str) -> float | None:
         """An object's last-modified time (seconds since the epoch), if the store says."""
@@ -361,7 +409,7 @@ class ObjectArea:
         objects = self.run_objects(kind, table, run_id)
         if not objects:
             return None
-        manifest = self.read_or_none(f"{src}/{MANIFEST_NAME}")
+        manifest = self.digest_or_none(f"{src}/{MANIFEST_NAME}", objects.get(MANIFEST_NAME))
         dst = self._free_folder(dst_kind, table, run_id, manifest, objects)
         self.copy_objects(src, dst, objects)
         return dst
@@ -442,39 +490,64 @@ class ObjectArea:
         """Whether ``quarantine/<table>/<run>`` (or ``<run>.N``) already holds a run with this
         very manifest: the staged copy is what a move to quarantine (or a replay out of it)
         left behind when it was cut short."""
+        digest = bytes_digest(manifest)
         n = 0
         while True:
-            there = self.read_or_none(self.folder(QUARANTINE_DIR, table, run_id if n == 0
+            there = self.digest_or_none(self.folder(QUARANTINE_DIR, table, run_id if n == 0
                                                   else f"{run_id}.{n}") + f"/{MANIFEST_NAME}")
             if there is None:
                 return False
-            if there == manifest:
+            if there == digest:
                 return True
             n += 1
 
-    def read_or_none(self, path: str) -> bytes | None:
-        """One object's bytes, or None when there is no such object."""
-        try:
-            return self.read(path)
-        except FileNotFoundError:
-            return None
+    def digest_or_none(self, path: str, size: int | None = None) -> str | None:
+        """The sha256 of one object, or None when there is no such object. Used to tell two
+        runs' manifests apart. Read in one request when a listing gave its ``size`` and it
+        is small, else streamed (a hostile manifest may be any size).
 
-    def _free_folder(self, kind: str, table: str, run_id: str, manifest: bytes | None,
+        On a local file system a link or special file counts as absent (listings leave
+        them out too) and is never followed or opened blocking.
+
+        Raises:
+            StagingUnavailableError: the store did not answer.
+        """
+        try:
+            if size is not None and size <= MARKER_MAX_BYTES:
+                return bytes_digest(self.read(path, MARKER_MAX_BYTES, size=size))
+            if is_local(self.fs):
+                with open_regular(path) as f:
+                    return stream_digest(f)[1]
+            with self.fs.open(path, "rb") as f:
+                return stream_digest(f)[1]
+        except (FileNotFoundError, NotRegularFileError):
+            return None
+        except FileTooLargeError:  # grown since it was listed: hash it as it is now
+            return self.digest_or_none(path)
+        except StagingUnavailableError:
+            raise
+        except _STORE_ERRORS as exc:
+            raise StagingUnavailableError(
+                f"cannot read {self.url(path)}: {exc}; nothing was moved, run the command "
+                "again when the store answers") from None
+
+    def _free_folder(self, kind: str, table: str, run_id: str, manifest: str | None,
                      objects: dict[str, int]) -> str:
         """The destination for a run: its own name, unless something else sits there.
 
-        A folder holding the same manifest is this run's own copy, and is reused; so is one
-        without a manifest whose every object is one of the run's, of the same size (a
-        partial copy: the manifest is copied last). Anything else (another run of the same
-        id, the rejected rows of a run) is left alone: the next free ``<run>.N`` is used. A
-        run without a manifest (an abandoned one) reuses any folder without a manifest: its
-        own copy, which may hold more than the remainder left in staging.
+        A folder holding the same manifest (``manifest`` is its sha256) is this run's own
+        copy, and is reused; so is one without a manifest whose every object is one of the
+        run's, of the same size (a partial copy: the manifest is copied last). Anything else
+        (another run of the same id, the rejected rows of a run) is left alone: the next
+        free ``<run>.N`` is used. A run without a manifest (an abandoned one) reuses any
+        folder without a manifest: its own copy, which may hold more than the remainder left
+        in staging.
         """
         n = 0
         while True:
             name = run_id if n == 0 else f"{run_id}.{n}"
             dst = self.folder(kind, table, name)
-            there = self.read_or_none(f"{dst}/{MANIFEST_NAME}")
+            there = self.digest_or_none(f"{dst}/{MANIFEST_NAME}")
             if manifest is None:
                 if there is None:
                     return dst

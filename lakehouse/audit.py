@@ -26,6 +26,7 @@ from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, s
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, quote
 from lakehouse.errors import LakehouseError
+from lakehouse.fsio import MARKER_MAX_BYTES, read_regular
 from lakehouse.ledger import ledger_entries
 from lakehouse.lock import read_holder
 from lakehouse.migrations import LATEST_VERSION, schema_version
@@ -132,7 +133,7 @@ class _Bucket:
     staging: dict[tuple[str, str], dict[str, StoredObject]] = field(default_factory=dict)
     quarantine: dict[tuple[str, str], dict[str, StoredObject]] = field(default_factory=dict)
     archive: dict[tuple[str, str], dict[str, StoredObject]] = field(default_factory=dict)
-    reasons: dict[str, bytes] = field(default_factory=dict)
+    reasons: dict[str, bytes | OSError] = field(default_factory=dict)  # or why not read
 
     def read(self) -> None:
         """List the three folders (one paginated listing each) and read every reason at once.
@@ -146,9 +147,10 @@ class _Bucket:
                            if not layout.is_temp_name(k[1])}
         self.archive = {k: v for k, v in store.runs_detail(layout.ARCHIVE_DIR).items()
                         if not layout.is_temp_name(k[1])}
-        self.reasons = store.read_many([
-            f"{store.folder(layout.QUARANTINE_DIR, t, r)}/{layout.REASON_NAME}"
-            for (t, r), names in self.quarantine.items() if layout.REASON_NAME in names])
+        self.reasons = dict(store.read_many({
+            f"{store.folder(layout.QUARANTINE_DIR, t, r)}/{layout.REASON_NAME}":
+                names[layout.REASON_NAME].size
+            for (t, r), names in self.quarantine.items() if layout.REASON_NAME in names}))
 
     def time(self, kind: str, table: str, run: str, name: str | None = None) -> datetime | None:
         """When one object of a listed run (``name``), or its newest, was last modified."""
@@ -510,7 +512,7 @@ class _Audit:
                 uncommitted.append({
                     "table": folder.parent.name, "run_id": folder.name, "path": self.rel(folder),
                     "age_hours": self.age(max(seen)),
-                    "abandoned_marker": (folder / layout.ABANDONED_NAME).exists()})
+                    "abandoned_marker": _stat(folder / layout.ABANDONED_NAME) is not None})
         return uncommitted
 
     def uncommitted_in_store(self, bucket: _Bucket) -> list[dict[str, Any]]:
@@ -552,10 +554,15 @@ class _Audit:
             entry = tables.setdefault(table, {"runs": 0, "oldest_run_id": None,
                                               "oldest_age_hours": None, "reasons": {}})
             entry["runs"] += 1
-            try:
-                code = str(json.loads((path / layout.REASON_NAME).read_text())["code"])
-            except (OSError, ValueError, KeyError, TypeError):
-                code = "unknown"
+            # Never through a link, never blocking on a FIFO, never more than a marker's cap:
+            # what a producer left in an abandoned run ends up here. Unreadable: "unknown".
+            code = "unknown"
+            if not path.is_symlink():
+                try:
+                    code = _reason_code(read_regular(path / layout.REASON_NAME,
+                                                     MARKER_MAX_BYTES))
+                except OSError:
+                    pass
             entry["reasons"][code] = entry["reasons"].get(code, 0) + 1
             parts = layout.parse_run_id(run_id)
             age = self.hours(parts.created_at if parts else _mtime(_stat(path)))
@@ -573,10 +580,7 @@ class _Audit:
             entry["runs"] += 1
             reason_path = (f"{bucket.store.folder(layout.QUARANTINE_DIR, table, name)}/"
                            f"{layout.REASON_NAME}")
-            try:
-                code = str(json.loads(bucket.reasons[reason_path])["code"])
-            except (KeyError, ValueError, TypeError):
-                code = "unknown"
+            code = _reason_code(bucket.reasons.get(reason_path))
             entry["reasons"][code] = entry["reasons"].get(code, 0) + 1
             parts = layout.parse_run_id(run_id)
             since = parts.created_at if parts else bucket.time(layout.QUARANTINE_DIR, table, name)
@@ -603,6 +607,16 @@ def _run_folders(base: Path) -> list[tuple[str, str, Path]]:
             for run in _children(table_dir):
                 found.append((table_dir.name, _run_id_of_folder(run.name), run))
     return found
+
+
+def _reason_code(data: bytes | OSError | None) -> str:
+    """The code in a ``_reason.json``'s bytes; "unknown" when it was not read or holds none."""
+    if not isinstance(data, bytes):
+        return "unknown"
+    try:
+        return str(json.loads(data)["code"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return "unknown"
 
 
 def _run_id_of_folder(name: str) -> str:

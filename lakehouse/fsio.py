@@ -1,14 +1,24 @@
-"""Crash-safe file writes, on local disk and through fsspec.
+"""Crash-safe file writes, and the one safe way to read a file someone else wrote.
 
 Every write follows the same steps: write ``<name>.tmp-<uuid>``, flush and fsync it, rename it
 over the final name, then fsync the folder so the rename itself is durable. A reader therefore
-sees a file absent or complete, never torn. Light: standard library and fsspec only.
+sees a file absent or complete, never torn.
+
+Every file Lake reads from ``staging/``, ``quarantine/`` or ``archive/`` is read with
+:func:`read_regular` (or opened with :func:`open_regular`): anyone who can write into staging
+can leave a FIFO there (a plain ``open`` blocks forever, holding the warehouse lock, and
+SIGTERM cannot interrupt it), a symlink to ``/dev/zero`` (a plain read never ends and takes
+all memory) or a symlink to a file outside the lake (its rows would load). Light: standard
+library and fsspec only.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +28,133 @@ from lakehouse.layout import TMP_MARKER
 
 HASH_NAME = "sha256"
 _CHUNK = 1 << 20
+# The most a marker (``_manifest.json``, ``_abandoned.json``, ``_reason.json``) may hold. A
+# manifest entry is ~150 bytes, so this is ~50,000 files in one run; producers refuse to
+# commit a bigger manifest (``staging/writer.py``), so only a hand-made one is rejected.
+MARKER_MAX_BYTES = 8 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class UnsafeFileError(OSError):
+    """A file Lake was asked to read is not one it will read (see :func:`read_regular`)."""
+
+    def __init__(self, path: str | Path, what: str, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.what = what  # what the file is, for a message naming it otherwise
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotRegularFileError(UnsafeFileError):
+    """The path is a symlink, a FIFO, a device, a socket or a folder, not a regular file."""
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        what = f"{kind}, not a regular file"
+        super().__init__(path, what, f"{path} is {what}; Lake never follows links or reads "
+                                     "special files: remove it, or stage the data again "
+                                     "with stage_run")
+        self.kind = kind
+
+
+class FileTooLargeError(UnsafeFileError):
+    """The file holds more bytes than the reader allows for it."""
+
+    def __init__(self, path: str | Path, size: int, max_bytes: int) -> None:
+        what = f"{size} bytes, more than the {max_bytes} allowed for it"
+        super().__init__(path, what, f"{path} is {what}")
+        self.size = size
+        self.max_bytes = max_bytes
+
+
+def open_regular(path: str | Path) -> io.FileIO:
+    """Open a regular file for reading without following a link and without blocking.
+
+    ``O_NOFOLLOW`` makes a symlink fail the open, ``O_NONBLOCK`` makes a FIFO open at once
+    instead of waiting for a writer, and ``fstat`` on the open descriptor then checks what
+    was opened: no window between the check and the read. Only the last component is
+    checked; callers list run folders without following links.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        NotRegularFileError: it is a symlink, FIFO, device, socket or folder.
+        OSError: it cannot be opened.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFileError(path, "a symlink") from None
+        if exc.errno == errno.ENXIO:  # a socket (or a device with nothing behind it)
+            raise NotRegularFileError(path, "a socket or device") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, _kind(mode))
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (see :func:`open_regular`).
+
+    The size is checked before reading (``fstat``) and again while reading (a file that
+    grows meanwhile stops at ``max_bytes + 1``), so memory never exceeds the cap.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        NotRegularFileError: it is a symlink, FIFO, device, socket or folder.
+        FileTooLargeError: it holds more than ``max_bytes``.
+        OSError: it cannot be read.
+    """
+    with open_regular(path) as raw:
+        size = os.fstat(raw.fileno()).st_size
+        if size > max_bytes:
+            raise FileTooLargeError(path, size, max_bytes)
+        limit = max_bytes + 1  # reading one byte more shows a file that grew past the cap
+        chunks: list[bytes] = []
+        got = 0
+        while got < limit:
+            # First ask for the fstat size + 1 (one read, and an empty one at the end);
+            # a file that grew since is read on in chunks.
+            ask = size + 1 - got if got <= size else _CHUNK
+            chunk = raw.read(min(ask, limit - got, 1 << 30))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > max_bytes:
+            raise FileTooLargeError(path, got, max_bytes)
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def check_size(path: str, size: int, max_bytes: int) -> None:
+    """Refuse to read ``path`` of ``size`` bytes (from a listing, a stat) above ``max_bytes``.
+
+    Raises:
+        FileTooLargeError: it is bigger.
+    """
+    if size > max_bytes:
+        raise FileTooLargeError(path, size, max_bytes)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 def temp_name(name: str) -> str:
@@ -27,8 +164,8 @@ def temp_name(name: str) -> str:
 
 def fsync_dir(path: str | Path) -> None:
     """Make a rename or a new entry in ``path`` durable (no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # O_DIRECTORY: something else under that name (a FIFO) fails at once, never blocks
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:
@@ -171,13 +308,19 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, fs: Any = None) -> tupl
 
 
 def file_digest(path: str | Path) -> tuple[int, str]:
-    """Return the size and sha256 of a local file, read in chunks."""
+    """Return the size and sha256 of a local regular file, read in chunks (never through a
+    link, never blocking: :func:`open_regular`)."""
+    with open_regular(path) as f:
+        return stream_digest(f)
+
+
+def stream_digest(f: IO[bytes]) -> tuple[int, str]:
+    """Return the size and sha256 of what is left to read of an open file, in chunks."""
     digest = hashlib.new(HASH_NAME)
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := f.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
     return size, digest.hexdigest()
 
 

@@ -7,15 +7,11 @@ sends the run to quarantine with the reason.
 
 from __future__ import annotations
 
-import errno
-import io
 import os
-import stat
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +24,13 @@ from lakehouse.errors import (
     ManifestError,
     RunRejectedError,
 )
-from lakehouse.fsio import bytes_digest
+from lakehouse.fsio import (
+    MARKER_MAX_BYTES,
+    FileTooLargeError,
+    NotRegularFileError,
+    bytes_digest,
+    read_regular,
+)
 from lakehouse.layout import (
     ABANDONED_NAME,
     MANIFEST_NAME,
@@ -84,17 +86,29 @@ class RunRef:
         assert isinstance(self.path, Path), "a run in an object store has no local folder"
         return self.path
 
-    def read_bytes(self, name: str) -> bytes:
-        """One file of the run.
+    def read_bytes(self, name: str, max_bytes: int = MARKER_MAX_BYTES) -> bytes:
+        """One file of the run, of at most ``max_bytes`` (by default, a marker's cap).
+
+        Never follows a link and never blocks on a FIFO (``lakehouse.fsio.read_regular``);
+        in an object store the size is checked against the listing before the read.
 
         Raises:
             FileNotFoundError: it does not exist.
+            NotRegularFileError: it is a symlink or special file.
+            FileTooLargeError: it holds more than ``max_bytes``.
             OSError: it cannot be read.
         """
         if self.store is None:
-            return (self.local_path / name).read_bytes()
-        data: bytes = self.store.read(f"{self.path}/{name}")
+            return read_regular(self.local_path / name, max_bytes)
+        data: bytes = self.store.read(f"{self.path}/{name}", max_bytes,
+                                      size=dict(self.listing).get(name))
         return data
+
+
+class _Reader(Protocol):
+    """Reads one file of a run, of at most ``max_bytes`` (a marker's cap unless given)."""
+
+    def __call__(self, name: str, max_bytes: int = MARKER_MAX_BYTES) -> bytes: ...
 
 
 @dataclass
@@ -192,32 +206,32 @@ def verify_run(ref: RunRef, config: LakeConfig) -> VerifiedRun:
                                   "stage_run inside the lake root")
         names = {n for n in os.listdir(folder) if not is_temp_name(n)}
 
-        def read(name: str) -> bytes:
-            return _read_regular(ref, folder, name)
+        def read(name: str, max_bytes: int = MARKER_MAX_BYTES) -> bytes:
+            return _read_regular(ref, folder, name, max_bytes)
     else:
         names = {name for name, _ in ref.listing}
 
-        def read(name: str) -> bytes:
-            return _read_object(ref, name)
+        def read(name: str, max_bytes: int = MARKER_MAX_BYTES) -> bytes:
+            return _read_object(ref, name, max_bytes)
     return _verify(ref, names, read)
 
 
-def read_run_file(ref: RunRef, name: str) -> bytes:
+def read_run_file(ref: RunRef, name: str, max_bytes: int = MARKER_MAX_BYTES) -> bytes:
     """One file of a committed run, read as verification reads it (a regular file in a real
-    run folder, never through a link; an object in a store).
+    run folder, never through a link, of at most ``max_bytes``; an object in a store).
 
     Raises:
         RunRejectedError: it is missing, not a regular file, or cannot be read.
     """
     if ref.store is not None:
-        return _read_object(ref, name)
+        return _read_object(ref, name, max_bytes)
     folder = str(ref.local_path)
     if os.path.islink(folder):
         raise InvalidRunError(ref.table, ref.run_id, "the run folder is a symlink")
-    return _read_regular(ref, folder, name)
+    return _read_regular(ref, folder, name, max_bytes)
 
 
-def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> VerifiedRun:
+def _verify(ref: RunRef, names: set[str], read: _Reader) -> VerifiedRun:
     manifest_bytes = read(MANIFEST_NAME)
     try:
         manifest = Manifest.from_json(manifest_bytes)
@@ -243,7 +257,7 @@ def _verify(ref: RunRef, names: set[str], read: Callable[[str], bytes]) -> Verif
     for entry in manifest.files:
         if "/" in entry.name or entry.name.startswith("."):
             raise ManifestError(ref.table, ref.run_id, f"file name {entry.name!r} is not simple")
-        data = read(entry.name)
+        data = read(entry.name, entry.bytes)  # never more than the manifest says
         if len(data) != entry.bytes:
             raise ManifestError(ref.table, ref.run_id,
                                 f"{entry.name}: {len(data)} bytes on disk, manifest says "
@@ -308,43 +322,44 @@ def _check_column_names(ref: RunRef, schema: pa.Schema) -> None:
             failures=failures)
 
 
-def _read_object(ref: RunRef, name: str) -> bytes:
+def _read_object(ref: RunRef, name: str, max_bytes: int) -> bytes:
     """Read one object of a run staged in an object store (an outage raises, not rejects)."""
     try:
-        return ref.read_bytes(name)
-    except FileNotFoundError:
-        raise ManifestError(ref.table, ref.run_id, f"{name} is missing") from None
+        return ref.read_bytes(name, max_bytes)
+    except (FileNotFoundError, NotRegularFileError, FileTooLargeError) as exc:
+        raise _unreadable(ref, name, exc) from None
 
 
-def _read_regular(ref: RunRef, folder: str, name: str) -> bytes:
-    """Read a file that must be a regular file inside the run folder (no symlinks).
+def _read_regular(ref: RunRef, folder: str, name: str, max_bytes: int) -> bytes:
+    """Read a file that must be a regular file inside the run folder (no symlinks), of at
+    most ``max_bytes``: a marker's cap, or a data file's size in the manifest.
 
-    Opened with O_NOFOLLOW (a symlink fails the open) and O_NONBLOCK (a FIFO cannot hang
-    the loader), then checked on the open descriptor: one open and one fstat, no lstat
-    first, and no window between the check and the read."""
+    ``lakehouse.fsio.read_regular`` opens it with O_NOFOLLOW (a symlink fails the open) and
+    O_NONBLOCK (a FIFO cannot hang the loader), then checks the open descriptor: one open
+    and one fstat, no lstat first, and no window between the check and the read."""
     try:
-        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ManifestError(ref.table, ref.run_id, f"{name} is missing") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _not_regular(ref, name) from None
-        raise CorruptFileError(ref.table, ref.run_id, f"cannot read {name}: {exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _not_regular(ref, name)
-        with io.FileIO(fd, closefd=False) as raw:
-            return raw.readall()
+        return read_regular(os.path.join(folder, name), max_bytes)
+    except (FileNotFoundError, NotRegularFileError, FileTooLargeError) as exc:
+        raise _unreadable(ref, name, exc) from None
     except OSError as exc:
         raise CorruptFileError(ref.table, ref.run_id, f"cannot read {name}: {exc}") from None
-    finally:
-        os.close(fd)
 
 
-def _not_regular(ref: RunRef, name: str) -> InvalidRunError:
-    return InvalidRunError(ref.table, ref.run_id,
-                           f"{name} is not a regular file (a symlink or special file); "
-                           "staged files must be written by stage_run")
+def _unreadable(ref: RunRef, name: str, exc: OSError) -> RunRejectedError:
+    """The reason a run is rejected for a file that is missing, special or too big."""
+    if isinstance(exc, NotRegularFileError):
+        return InvalidRunError(ref.table, ref.run_id,
+                               f"{name} is {exc.kind}, not a regular file; staged files "
+                               "must be written by stage_run")
+    if isinstance(exc, FileTooLargeError):
+        if name in _MARKERS:
+            return InvalidRunError(ref.table, ref.run_id,
+                                   f"{name} holds {exc.size} bytes, more than the "
+                                   f"{exc.max_bytes} a marker may hold; stage fewer files "
+                                   "per run")
+        return ManifestError(ref.table, ref.run_id,
+                             f"{name}: {exc.size} bytes on disk, manifest says {exc.max_bytes}")
+    return ManifestError(ref.table, ref.run_id, f"{name} is missing")
 
 
 __all__ = ["EmptyRunError", "InvalidColumnNameError", "RunRef", "RunRejectedError",

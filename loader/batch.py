@@ -68,6 +68,11 @@ class Batch:
 
 
 def peek_manifest(ref: RunRef) -> Manifest | None:
+    """A rejected run's manifest for its ledger row, if it can be read at all.
+
+    Read through ``RunRef.read_bytes`` like every staged file (no link followed, no FIFO
+    waited on, at most a marker's cap): the run was rejected, so its manifest may be
+    anything (before, a FIFO here blocked the load while it held the lock)."""
     try:
         return Manifest.from_json(ref.read_bytes(MANIFEST_NAME))
     except (OSError, ManifestFormatError):

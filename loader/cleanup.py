@@ -29,6 +29,7 @@ from typing import Any
 from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
+from lakehouse.fsio import MARKER_MAX_BYTES, UnsafeFileError, read_regular
 from lakehouse.layout import (
     ABANDONED_NAME,
     ARCHIVE_DIR,
@@ -196,29 +197,62 @@ def _abandoned_runs(config: LakeConfig, now: datetime,
     found: list[tuple[str, str, dict[str, Any]]] = []
     for run_dir in uncommitted_runs(paths):
         table_dir = run_dir.parent
-        # A producer still writing touches files: age is that of the newest entry.
-        entries = [run_dir, *run_dir.iterdir()]
+        # A producer still writing touches files: age is that of the newest entry. A
+        # symlinked run folder is never looked into (quarantine moves the link itself).
+        linked = run_dir.is_symlink()
+        entries = [run_dir] if linked else [run_dir, *run_dir.iterdir()]
         age = min(_age(p, now) for p in entries)
         if age < limit:
             report.kept.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
                                              f"uncommitted for {age}, below the limit"))
             continue
-        note: dict[str, Any] = {}
-        marker = run_dir / ABANDONED_NAME
-        if marker.exists():
+        data: bytes | OSError | None = None
+        if not linked:
             try:
-                note = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                note = {}
-        reason: dict[str, Any] = {
-            "code": "abandoned", "table": table_dir.name, "run_id": run_dir.name,
-            "message": f"never committed (no manifest) and untouched for {age}; "
-                       "the producer died or raised",
-            "producer_error": note.get("error"), "failure_count": 0, "failure_sample": []}
+                data = read_regular(run_dir / ABANDONED_NAME, MARKER_MAX_BYTES)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # a link, a FIFO, a device, too big: reported, not read
+                data = exc
+        note, problem = _note(data)
+        reason = _abandoned_reason(table_dir.name, run_dir.name, age, note, problem)
         report.actions.append(CleanupAction("abandoned_run", _rel(paths, run_dir),
-                                            f"uncommitted for {age}"))
+                                            _detail(age, problem)))
         found.append((table_dir.name, run_dir.name, reason))
     return found
+
+
+def _note(data: bytes | OSError | None) -> tuple[dict[str, Any], str | None]:
+    """The producer's ``_abandoned.json`` as read (``{}`` if there is none or it is not a
+    JSON object), and what was wrong with it when it could not be read: a link, a FIFO, a
+    device or an oversize file is reported, never followed, waited on or read whole."""
+    if isinstance(data, UnsafeFileError):
+        return {}, f"{ABANDONED_NAME} is {data.what}: not read"
+    if isinstance(data, OSError):
+        return {}, f"{ABANDONED_NAME} could not be read: {data}"
+    if data is None:
+        return {}, None
+    try:
+        note = json.loads(data)
+    except (ValueError, RecursionError):
+        return {}, None
+    return (note if isinstance(note, dict) else {}), None
+
+
+def _abandoned_reason(table: str, run_id: str, age: timedelta, note: dict[str, Any],
+                      problem: str | None) -> dict[str, Any]:
+    reason: dict[str, Any] = {
+        "code": "abandoned", "table": table, "run_id": run_id,
+        "message": f"never committed (no manifest) and untouched for {age}; "
+                   "the producer died or raised",
+        "producer_error": note.get("error"), "failure_count": 0, "failure_sample": []}
+    if problem is not None:
+        reason["marker_problem"] = problem
+    return reason
+
+
+def _detail(age: timedelta, problem: str | None) -> str:
+    return f"uncommitted for {age}" + (f"; {problem}" if problem else "")
 
 
 def _abandoned_objects(store: ObjectArea, config: LakeConfig, now: datetime,
@@ -243,22 +277,15 @@ def _abandoned_objects(store: ObjectArea, config: LakeConfig, now: datetime,
                                              f"uncommitted for {age}, below the limit"))
             continue
         old.append((table, run_id, folder, age))
-    notes = store.read_many([f"{folder}/{ABANDONED_NAME}" for table, run_id, folder, _ in old
-                             if ABANDONED_NAME in runs[(table, run_id)]])
+    notes = store.read_many({f"{folder}/{ABANDONED_NAME}": marker.size
+                             for table, run_id, folder, _ in old
+                             if (marker := runs[(table, run_id)].get(ABANDONED_NAME))})
     found: list[tuple[str, str, dict[str, Any]]] = []
     for table, run_id, folder, age in old:
-        try:
-            note = json.loads(notes.get(f"{folder}/{ABANDONED_NAME}", b"{}"))
-        except ValueError:
-            note = {}
-        reason: dict[str, Any] = {
-            "code": "abandoned", "table": table, "run_id": run_id,
-            "message": f"never committed (no manifest) and untouched for {age}; "
-                       "the producer died or raised",
-            "producer_error": note.get("error") if isinstance(note, dict) else None,
-            "failure_count": 0, "failure_sample": []}
+        note, problem = _note(notes.get(f"{folder}/{ABANDONED_NAME}"))
+        reason = _abandoned_reason(table, run_id, age, note, problem)
         report.actions.append(CleanupAction("abandoned_run", store.url(folder),
-                                            f"uncommitted for {age}"))
+                                            _detail(age, problem)))
         found.append((table, run_id, reason))
     return found
 
@@ -287,10 +314,11 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
         return
     cutoff = now.replace(tzinfo=None) - timedelta(days=config.settings.retention_days)
     for table_dir in sorted(paths.archive.iterdir()):
-        if table_dir.name.startswith(".") or not table_dir.is_dir():
+        # Links are never followed: deleting through one would delete outside the lake.
+        if table_dir.name.startswith(".") or table_dir.is_symlink() or not table_dir.is_dir():
             continue
         for run_dir in sorted(table_dir.iterdir()):
-            if is_temp_name(run_dir.name) or not run_dir.is_dir():
+            if is_temp_name(run_dir.name) or run_dir.is_symlink() or not run_dir.is_dir():
                 continue
             run_id = run_dir.name if parse_run_id(run_dir.name) else _strip_suffix(run_dir.name)
             entry = accounted.get((table_dir.name, run_id))

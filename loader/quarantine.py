@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,10 +37,14 @@ from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.errors import UsageError
 from lakehouse.fsio import (
+    MARKER_MAX_BYTES,
+    UnsafeFileError,
+    atomic_write,
     atomic_write_bytes,
     bytes_digest,
-    file_digest,
     fsync_dir,
+    open_regular,
+    read_regular,
     rename_durably,
 )
 from lakehouse.layout import (
@@ -95,10 +100,11 @@ def list_quarantine(config: LakeConfig, table: str | None = None) -> list[Quaran
     if not paths.quarantine.is_dir():
         return found
     for table_dir in sorted(paths.quarantine.iterdir()):
-        if not table_dir.is_dir() or (table is not None and table_dir.name != table):
+        if table_dir.is_symlink() or not table_dir.is_dir() or (
+                table is not None and table_dir.name != table):
             continue
         for run_dir in sorted(table_dir.iterdir()):
-            if not run_dir.is_dir() or is_temp_name(run_dir.name):
+            if is_temp_name(run_dir.name) or not (run_dir.is_symlink() or run_dir.is_dir()):
                 continue
             found.append(_describe(paths, table_dir.name, run_dir))
     found.sort(key=lambda q: (q.quarantined_at, q.run_id))
@@ -106,54 +112,92 @@ def list_quarantine(config: LakeConfig, table: str | None = None) -> list[Quaran
 
 
 def _describe(paths: LakePaths, table: str, run_dir: Path) -> QuarantinedRun:
-    reason: dict[str, Any] = {}
+    """One quarantine folder, looked at without following a link or opening a special file
+    (an abandoned run's files are whatever its producer left)."""
+    if run_dir.is_symlink():  # never looked into: shown, and refused by replay
+        return QuarantinedRun(
+            table=table, run_id=run_dir.name, kind="symlink", code=None,
+            message="a symlink in quarantine/, not a run folder: never followed; remove it",
+            failure_count=None, quarantined_at=_since(run_dir.lstat().st_mtime),
+            path=str(run_dir.relative_to(paths.root)))
     try:
-        reason = json.loads((run_dir / REASON_NAME).read_text())
-    except (OSError, ValueError):
-        pass
-    if (run_dir / SYMLINK_NAME).is_symlink():
-        kind = "symlink"
-    elif (run_dir / REJECTED_ROWS_NAME).exists() and not (run_dir / MANIFEST_NAME).exists():
-        kind = "rejected_rows"
-    else:
-        kind = "run"
-    when = datetime.fromtimestamp((run_dir / REASON_NAME).stat().st_mtime
-                                  if (run_dir / REASON_NAME).exists()
-                                  else run_dir.stat().st_mtime, UTC)
+        data: bytes | OSError | None = read_regular(run_dir / REASON_NAME, MARKER_MAX_BYTES)
+    except FileNotFoundError:
+        data = None
+    except OSError as exc:
+        data = exc
+    reason, problem = _reason_of(data)
+    names = {name: _lstat(run_dir / name) for name in
+             (REASON_NAME, SYMLINK_NAME, REJECTED_ROWS_NAME, MANIFEST_NAME)}
+    marker = names[REASON_NAME]
     return QuarantinedRun(
-        table=table, run_id=run_dir.name, kind=kind, code=reason.get("code"),
-        message=reason.get("message"), failure_count=reason.get("failure_count"),
-        quarantined_at=when.isoformat(timespec="seconds"),
+        table=table, run_id=run_dir.name,
+        kind=_kind_of(reason, {n for n, info in names.items() if info is not None}),
+        code=reason.get("code"), message=problem or reason.get("message"),
+        failure_count=reason.get("failure_count"),
+        quarantined_at=_since((marker or run_dir.lstat()).st_mtime),
         path=str(run_dir.relative_to(paths.root)))
+
+
+def _reason_of(data: bytes | OSError | None) -> tuple[dict[str, Any], str | None]:
+    """A ``_reason.json`` as read, and what was wrong with it when it could not be read."""
+    if isinstance(data, UnsafeFileError):
+        return {}, f"{REASON_NAME} is {data.what}: not read"
+    if isinstance(data, OSError):
+        return {}, f"{REASON_NAME} could not be read: {data}"
+    if data is None:
+        return {}, None
+    try:
+        reason = json.loads(data)
+    except (ValueError, RecursionError):
+        return {}, f"{REASON_NAME} is not JSON"
+    return (reason, None) if isinstance(reason, dict) else ({}, f"{REASON_NAME} is not an object")
+
+
+def _kind_of(reason: dict[str, Any], present: set[str]) -> str:
+    """``symlink``, ``rejected_rows`` or ``run``.
+
+    Rejected rows are what a ``drop_rows`` load put there (reason ``rows_dropped``, or no
+    reason yet: an object-store move killed between its two PUTs). A file of that name in
+    an abandoned run came from its producer: that folder is a run, replayed as one (never
+    staged as committed rows)."""
+    if SYMLINK_NAME in present:
+        return "symlink"
+    if (REJECTED_ROWS_NAME in present and MANIFEST_NAME not in present
+            and reason.get("code", "rows_dropped") == "rows_dropped"):
+        return "rejected_rows"
+    return "run"
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except OSError:
+        return None
+
+
+def _since(mtime: float) -> str:
+    return datetime.fromtimestamp(mtime, UTC).isoformat(timespec="seconds")
 
 
 def _list_objects(store: ObjectArea, table: str | None) -> list[QuarantinedRun]:
     """The quarantine in an object store: one listing, then every reason read at once."""
     runs = {k: v for k, v in store.runs_detail(QUARANTINE_DIR, table).items()
             if not is_temp_name(k[1])}
-    texts = store.read_many([f"{store.folder(QUARANTINE_DIR, t, r)}/{REASON_NAME}"
-                             for (t, r), objects in runs.items() if REASON_NAME in objects])
+    texts = store.read_many({f"{store.folder(QUARANTINE_DIR, t, r)}/{REASON_NAME}":
+                             objects[REASON_NAME].size
+                             for (t, r), objects in runs.items() if REASON_NAME in objects})
     found: list[QuarantinedRun] = []
     for (name, folder_name), objects in runs.items():
         folder = store.folder(QUARANTINE_DIR, name, folder_name)
-        try:
-            reason = json.loads(texts.get(f"{folder}/{REASON_NAME}", b"{}"))
-        except ValueError:
-            reason = {}
-        if not isinstance(reason, dict):
-            reason = {}
-        if SYMLINK_NAME in objects:
-            kind = "symlink"
-        elif REJECTED_ROWS_NAME in objects and MANIFEST_NAME not in objects:
-            kind = "rejected_rows"
-        else:
-            kind = "run"
+        reason, problem = _reason_of(texts.get(f"{folder}/{REASON_NAME}"))
+        kind = _kind_of(reason, set(objects))
         # Since the reason was written; without one (a move still copying), the newest object.
         when = (store.newest(folder, objects, REASON_NAME) or store.newest(folder, objects)
                 or datetime.fromtimestamp(0, UTC))
         found.append(QuarantinedRun(
             table=name, run_id=folder_name, kind=kind, code=reason.get("code"),
-            message=reason.get("message"), failure_count=reason.get("failure_count"),
+            message=problem or reason.get("message"), failure_count=reason.get("failure_count"),
             quarantined_at=when.isoformat(timespec="seconds"), path=store.url(folder)))
     found.sort(key=lambda q: (q.quarantined_at, q.run_id))
     return found
@@ -228,14 +272,28 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
 def _stage_rejected_rows(paths: LakePaths, table: str, run_id: str, source: Path) -> None:
     """Stage ``_rejected_rows.parquet`` as a new committed run, then remove the quarantine
     folder. Same protocol as a producer: files first, manifest last."""
-    run_dir = paths.staged_run(table, run_id)
-    run_dir.mkdir(parents=True)
     data_name = f"part-00000{DATA_SUFFIX}"
-    data = (source / REJECTED_ROWS_NAME).read_bytes()
-    atomic_write_bytes(run_dir / data_name, data)
-    size, digest = file_digest(run_dir / data_name)
-    meta = pq.read_metadata(run_dir / data_name)
-    schema = pq.read_schema(run_dir / data_name)
+    # Opened once, never through a link (a symlink here would stage an outside file's
+    # rows) and never blocking; the metadata is read from, and the copy made of, that one
+    # open file, streamed so its size needs no cap.
+    try:
+        rows = open_regular(source / REJECTED_ROWS_NAME)
+    except FileNotFoundError:
+        raise UsageError(f"{source.relative_to(paths.root)} holds no rejected rows any "
+                         "more: see `lake quarantine list`") from None
+    except UnsafeFileError as exc:
+        raise UsageError(f"{exc}; this folder cannot be replayed") from None
+    with rows:
+        try:
+            meta = pq.read_metadata(rows)
+        except (pa.ArrowException, OSError) as exc:
+            raise UsageError(f"{source.relative_to(paths.root)}/{REJECTED_ROWS_NAME} is not "
+                             f"readable Parquet ({exc}); it cannot be replayed") from None
+        schema = meta.schema.to_arrow_schema()
+        rows.seek(0)
+        run_dir = paths.staged_run(table, run_id)
+        run_dir.mkdir(parents=True)
+        size, digest = atomic_write(run_dir / data_name, lambda w: shutil.copyfileobj(rows, w))
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     entry = FileEntry(data_name, meta.num_rows, size, digest)
     manifest = Manifest(table=table, run_id=run_id, producer="replay", created_at=now,
@@ -266,7 +324,7 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
             with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
                 _stage_rejected_objects(store, q.table, run_id, name, crash)
         return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
-    manifest = store.read_or_none(f"{source}/{MANIFEST_NAME}")
+    manifest = store.digest_or_none(f"{source}/{MANIFEST_NAME}")
     run_id = _run_id_of(name)
     target = store.folder(STAGING_DIR, q.table, run_id)
     _check_target(store, q.table, run_id, manifest)
@@ -322,14 +380,15 @@ def _run_id_of(folder_name: str) -> str:
     return folder_name
 
 
-def _check_target(store: ObjectArea, table: str, run_id: str, manifest: bytes | None) -> None:
+def _check_target(store: ObjectArea, table: str, run_id: str, manifest: str | None) -> None:
     """Refuse to replay over another run in staging. Objects already there with the same
-    manifest, or without one, are this replay's own copy from an earlier, killed attempt
-    (the manifest is copied last): the copy is resumed."""
+    manifest (``manifest`` is its sha256), or without one, are this replay's own copy from
+    an earlier, killed attempt (the manifest is copied last): the copy is resumed."""
     target = store.folder(STAGING_DIR, table, run_id)
-    if not store.run_objects(STAGING_DIR, table, run_id):
+    objects = store.run_objects(STAGING_DIR, table, run_id)
+    if not objects:
         return
-    there = store.read_or_none(f"{target}/{MANIFEST_NAME}")
+    there = store.digest_or_none(f"{target}/{MANIFEST_NAME}", objects.get(MANIFEST_NAME))
     if there is not None and there != manifest:
         raise UsageError(f"{store.url(target)} already exists in staging")
 
@@ -345,10 +404,18 @@ def _stage_rejected_objects(store: ObjectArea, table: str, run_id: str, name: st
     if REJECTED_ROWS_NAME not in objects:
         raise UsageError(f"{store.url(source)} holds no rejected rows any more: see "
                          "`lake quarantine list`")
-    data = store.read(f"{source}/{REJECTED_ROWS_NAME}")
+    size = objects[REJECTED_ROWS_NAME]
+    try:  # written by a drop_rows load: read whole, no more than the listing said
+        data = store.read(f"{source}/{REJECTED_ROWS_NAME}", size, size=size)
+    except UnsafeFileError as exc:
+        raise UsageError(f"{exc}; this folder cannot be replayed") from None
     data_name = f"part-00000{DATA_SUFFIX}"
-    meta = pq.read_metadata(pa.BufferReader(data))
-    schema = pq.read_schema(pa.BufferReader(data))
+    try:
+        meta = pq.read_metadata(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise UsageError(f"{store.url(source)}/{REJECTED_ROWS_NAME} is not readable Parquet "
+                         f"({exc}); it cannot be replayed") from None
+    schema = meta.schema.to_arrow_schema()
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     entry = FileEntry(data_name, meta.num_rows, len(data), bytes_digest(data))
     manifest = Manifest(table=table, run_id=run_id, producer="replay", created_at=now,

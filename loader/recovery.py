@@ -103,7 +103,7 @@ def _foreign_files(ref: RunRef, manifest: bytes) -> str:
         if entry is None:
             return f"the manifest is the loaded run's, but {name} is not one of its files"
         try:
-            data = read_run_file(ref, name)
+            data = read_run_file(ref, name, entry.bytes)
         except RunRejectedError as exc:
             return f"the manifest is the loaded run's, but {exc.problem}"
         if len(data) != entry.bytes or bytes_digest(data) != entry.sha256:

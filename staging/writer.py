@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakehouse.fsio import (
+    MARKER_MAX_BYTES,
     atomic_write,
     atomic_write_bytes,
     bytes_digest,
@@ -38,6 +39,7 @@ from lakehouse.layout import (
     LOCAL_SCHEMES,
     MANIFEST_NAME,
     OBJECT_STORE_SCHEMES,
+    QUARANTINE_DIR,
     RESERVED_PREFIX,
     STAGING_DIR,
     is_identifier,
@@ -99,7 +101,8 @@ class StagedRun:
         self.extra = dict(extra or {})
         self.run_id = new_run_id(producer)
         self.created_at = _now()
-        self.path = f"{str(root_path).rstrip('/')}/{STAGING_DIR}/{table}/{self.run_id}"
+        self.root_path = str(root_path).rstrip("/")
+        self.path = f"{self.root_path}/{STAGING_DIR}/{table}/{self.run_id}"
         self.files: list[FileEntry] = []
         self.schema: pa.Schema | None = None
         self.state = "open"
@@ -139,20 +142,21 @@ class StagedRun:
             pq.write_table(table, w, compression=compression)
 
         if self.local:
-            self._raise_sync_error()
-            final = Path(self.path) / file_name
-            if self._syncer is None:
-                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="lake-fsync")
-            if table.nbytes <= BUFFER_MAX_BYTES:
-                sink = pa.BufferOutputStream()
-                produce(sink)
-                encoded = sink.getvalue()
-                tmp = write_temp_buffer(final, encoded)
-                self._pending.append(self._syncer.submit(finish_temp, tmp, final))
-                size, digest = encoded.size, bytes_digest(memoryview(encoded))  # while fsynced
-            else:
-                tmp, size, digest = write_temp(final, produce)
-                self._pending.append(self._syncer.submit(finish_temp, tmp, final))
+            with self._folder_kept():
+                self._raise_sync_error()
+                final = Path(self.path) / file_name
+                if self._syncer is None:
+                    self._syncer = ThreadPoolExecutor(1, thread_name_prefix="lake-fsync")
+                if table.nbytes <= BUFFER_MAX_BYTES:
+                    sink = pa.BufferOutputStream()
+                    produce(sink)
+                    encoded = sink.getvalue()
+                    tmp = write_temp_buffer(final, encoded)
+                    self._pending.append(self._syncer.submit(finish_temp, tmp, final))
+                    size, digest = encoded.size, bytes_digest(memoryview(encoded))  # fsyncing
+                else:
+                    tmp, size, digest = write_temp(final, produce)
+                    self._pending.append(self._syncer.submit(finish_temp, tmp, final))
         else:  # one PUT under the final name
             size, digest = atomic_write(f"{self.path}/{file_name}", produce, fs=self.fs)
         entry = FileEntry(file_name, table.num_rows, size, digest)
@@ -160,7 +164,12 @@ class StagedRun:
         return entry
 
     def commit(self) -> Manifest | None:
-        """Write the manifest last, which commits the run. A run with no files commits nothing."""
+        """Write the manifest last, which commits the run. A run with no files commits nothing.
+
+        Raises:
+            StagingError: the run is closed, its manifest would be bigger than the loader
+                reads (too many files), or `lake cleanup` abandoned it meanwhile.
+        """
         if self.state != "open":
             raise StagingError(f"run {self.run_id} is {self.state}")
         if not self.files:
@@ -174,11 +183,20 @@ class StagedRun:
             schema=tuple((f.name, str(f.type)) for f in self.schema), key=self.key,
             extra=self.extra,
         )
+        data = manifest.to_json()
+        if len(data) > MARKER_MAX_BYTES:  # the loader would reject the run: say so now
+            error = StagingError(
+                f"run {self.run_id} has {len(self.files)} files: its manifest would hold "
+                f"{len(data)} bytes, more than the {MARKER_MAX_BYTES} the loader reads; "
+                "stage fewer, bigger files per run (this run is abandoned)")
+            self.abandon(error)
+            raise error
         # The manifest is the commit point: it gets its name after every data file is durable.
         if self.local:
-            self._commit_locally(manifest.to_json())
+            with self._folder_kept():
+                self._commit_locally(data)
         else:
-            atomic_write_bytes(f"{self.path}/{MANIFEST_NAME}", manifest.to_json(), fs=self.fs)
+            atomic_write_bytes(f"{self.path}/{MANIFEST_NAME}", data, fs=self.fs)
         self.state = "committed"
         self.manifest = manifest
         return manifest
@@ -203,6 +221,32 @@ class StagedRun:
                                fs=None if self.local else self.fs)
         except OSError:
             pass  # best effort: without a manifest the run is never loaded anyway
+
+    @contextmanager
+    def _folder_kept(self) -> Iterator[None]:
+        """Turn a write into a run folder that is gone into a :class:`StagingError` that
+        says why, instead of a FileNotFoundError naming a temp file.
+
+        `lake cleanup` moves an uncommitted run to quarantine once nothing in it changed for
+        ``abandon_after_hours``: a producer that paused longer than that finds its folder
+        gone. Its data is not lost (it is in quarantine) but the run cannot commit.
+        """
+        try:
+            yield
+        except FileNotFoundError as exc:
+            if os.path.isdir(self.path):
+                raise
+            self.state = "abandoned"
+            raise StagingError(self._gone_message()) from exc
+
+    def _gone_message(self) -> str:
+        moved = f"{self.root_path}/{QUARANTINE_DIR}/{self.table}/{self.run_id}"
+        where = (f"`lake cleanup` moved it to {moved} (reason abandoned) because nothing "
+                 "was written to it for [lake] abandon_after_hours"
+                 if os.path.isdir(moved) else "it was removed from staging")
+        return (f"run {self.run_id} of {self.table} was abandoned and cannot commit: {where}; "
+                "stage the data again in a new run, and write a run's files within "
+                "abandon_after_hours of each other (or raise it in lake.toml)")
 
     def _check_schema(self, schema: pa.Schema) -> None:
         if self.schema is None:
