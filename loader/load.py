@@ -173,14 +173,15 @@ class _Loader:
                     batch.schema != verified.data.schema
                     or batch.rows + verified.rows > settings.batch_max_rows
                     or len(batch.candidates) >= settings.batch_max_runs
-                    or batch.bytes + verified.manifest.bytes > settings.batch_max_bytes):
+                    # Decoded (Arrow) bytes: a file's size says little about its memory.
+                    or batch.bytes + verified.decoded_bytes > settings.batch_max_bytes):
                 self.flush(contract, batch)
                 batch = Batch()
                 if self.abort is not None:
                     break
             batch.candidates.append(Candidate(verified, verified.data))
             batch.rows += verified.rows
-            batch.bytes += verified.manifest.bytes
+            batch.bytes += verified.decoded_bytes
         if not batch.empty:
             self.flush(contract, batch)
         if self.abort is not None:
