@@ -112,7 +112,8 @@ class Manifest:
                           _sha256(f["sha256"]))
                 for f in _list(doc["files"], MAX_FILES)
             )
-            schema = tuple((_str(c["name"]), _str(c["type"], MAX_TYPE_CHARS))
+            # A column name is judged on the file's schema (invalid_column_name), NUL and all.
+            schema = tuple((_str(c["name"], nul=True), _str(c["type"], MAX_TYPE_CHARS))
                            for c in _list(doc["schema"], MAX_COLUMNS))
             key = doc.get("key")
             if key is not None:
@@ -138,9 +139,10 @@ class Manifest:
         return manifest
 
 
-def _str(value: Any, limit: int = MAX_TEXT_CHARS) -> str:
+def _str(value: Any, limit: int = MAX_TEXT_CHARS, *, nul: bool = False) -> str:
     """Text of at most ``limit`` characters that UTF-8 can hold (a lone surrogate such as
-    ``"\\ud800"`` parses from JSON but cannot be written to the ledger) and holds no NUL."""
+    ``"\\ud800"`` parses from JSON but cannot be written to the ledger) and, unless ``nul``,
+    holds no NUL."""
     if not isinstance(value, str):
         raise TypeError(f"expected text, got {type(value).__name__}")
     if len(value) > limit:
@@ -149,7 +151,7 @@ def _str(value: Any, limit: int = MAX_TEXT_CHARS) -> str:
         value.encode()
     except UnicodeEncodeError:
         raise ValueError(f"text {_shown(value)} is not valid Unicode") from None
-    if "\0" in value:
+    if not nul and "\0" in value:
         raise ValueError(f"text {_shown(value)} holds a NUL character")
     return value
 
