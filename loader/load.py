@@ -187,11 +187,35 @@ class _Loader:
         if self.abort is not None:
             raise self.abort
 
-    def _lookup_ledger(self, table: str, candidates: list[Candidate]) -> None:
+    def _lookup_ledger(self, table: str, batch: Batch) -> None:
         """What earlier loads loaded of these runs, from the manifests verification already
-        parsed (a manifest is read once per load): one query each per batch."""
-        lookup_loaded(self.wh, table, [c.verified.manifest for c in candidates],
-                      self.keys_seen, self.sums_seen)
+        parsed (a manifest is read once per load): one query each per batch.
+
+        A manifest's key or checksum that DuckDB refuses (the parser bounds them; this is the
+        second line of defence) quarantines that run, not the load: the batch is looked up
+        again run by run."""
+        try:
+            lookup_loaded(self.wh, table, [c.verified.manifest for c in batch.candidates],
+                          self.keys_seen, self.sums_seen)
+            return
+        except WarehouseError as exc:
+            if not exc.caused_by_data:
+                raise
+        kept = []
+        for candidate in batch.candidates:
+            v = candidate.verified
+            try:
+                lookup_loaded(self.wh, table, [v.manifest], self.keys_seen, self.sums_seen)
+            except WarehouseError as exc:
+                if not exc.caused_by_data:
+                    raise
+                batch.rejected.append((v.ref, ManifestError(
+                    v.ref.table, v.ref.run_id,
+                    f"the ledger cannot look up its manifest's key or checksums: {exc.detail}"),
+                    None, None))
+                continue
+            kept.append(candidate)
+        batch.candidates = kept
 
     # -- validation ---------------------------------------------------------------------
     def _settle(self, contract: TableContract, batch: Batch) -> None:
@@ -306,7 +330,7 @@ class _Loader:
         move its runs."""
         self.options.stop.raise_if_set()
         if contract is not None and batch.candidates:
-            self._lookup_ledger(contract.name, batch.candidates)
+            self._lookup_ledger(contract.name, batch)
             self._settle_and_screen(contract, batch)
             batch.candidates = []
         if self.abort is not None:
