@@ -79,7 +79,8 @@ class LakeSettings:
     abandon_after_hours: float = 24.0
     batch_max_rows: int = 1_000_000  # rows merged in one transaction at most
     batch_max_runs: int = 2_000  # runs merged in one transaction at most
-    batch_max_bytes: int = 512 * 1024 * 1024  # staged bytes read for one transaction at most
+    batch_max_bytes: int = 512 * 1024 * 1024  # decoded (Arrow) bytes merged in one transaction
+    max_run_bytes: int = 1 << 30  # a run decoding to more (Arrow bytes) is quarantined too_large
     # Staging, archive and quarantine in an object store (an fsspec URL) instead of the root.
     staging_root: str | None = None
     staging_options: MappingProxyType[str, Any] = field(
@@ -160,6 +161,7 @@ def parse_config(doc: dict[str, Any], paths: LakePaths) -> LakeConfig:
         batch_max_runs=_number(lake, "batch_max_runs", 2_000, where, integer=True, low=1),
         batch_max_bytes=_number(lake, "batch_max_bytes", 512 * 1024 * 1024, where,
                                 integer=True, low=1),
+        max_run_bytes=_number(lake, "max_run_bytes", 1 << 30, where, integer=True, low=1),
         staging_root=_staging_root(lake.get("staging_root"), "lake.staging_root", where),
         staging_options=_options(lake.get("staging_options", {}), where),
     )

@@ -174,6 +174,13 @@ class CorruptFileError(RunRejectedError):
     code = "corrupt_file"
 
 
+class TooLargeError(RunRejectedError):
+    """The run's data decodes to more memory than ``[lake] max_run_bytes`` allows (a
+    decompression bomb, or a run that should be split)."""
+
+    code = "too_large"
+
+
 class InvalidRunError(RunRejectedError):
     """The run's folder, table or names are not acceptable (hostile or unknown names, empty run)."""
 

@@ -43,12 +43,15 @@ from lakehouse.errors import (
     FailureRecord,
     KeyConflictError,
     LoadAbortedError,
+    ManifestError,
     RunRejectedError,
     SchemaChangeError,
     WarehouseError,
 )
 from lakehouse.layout import PARTITION_COLUMN, LakePaths, is_identifier
 from lakehouse.ledger import (
+    STAGED_FILES_SCHEMA,
+    STAGED_RUNS_SCHEMA,
     STATUS_LOADED,
     STATUS_QUARANTINED,
     STATUS_SKIPPED,
@@ -207,24 +210,49 @@ class _Loader:
                     batch.schema != verified.data.schema
                     or batch.rows + verified.rows > settings.batch_max_rows
                     or len(batch.candidates) >= settings.batch_max_runs
-                    or batch.bytes + verified.manifest.bytes > settings.batch_max_bytes):
+                    # Decoded (Arrow) bytes: a file's size says little about its memory.
+                    or batch.bytes + verified.decoded_bytes > settings.batch_max_bytes):
                 self.flush(contract, batch)
                 batch = Batch()
                 if self.abort is not None:
                     break
             batch.candidates.append(Candidate(verified, verified.data))
             batch.rows += verified.rows
-            batch.bytes += verified.manifest.bytes
+            batch.bytes += verified.decoded_bytes
         if not batch.empty:
             self.flush(contract, batch)
         if self.abort is not None:
             raise self.abort
 
-    def _lookup_ledger(self, table: str, candidates: list[Candidate]) -> None:
+    def _lookup_ledger(self, table: str, batch: Batch) -> None:
         """What earlier loads loaded of these runs, from the manifests verification already
-        parsed (a manifest is read once per load): one query each per batch."""
-        lookup_loaded(self.wh, table, [c.verified.manifest for c in candidates],
-                      self.keys_seen, self.sums_seen)
+        parsed (a manifest is read once per load): one query each per batch.
+
+        A manifest's key or checksum that DuckDB refuses (the parser bounds them; this is the
+        second line of defence) quarantines that run, not the load: the batch is looked up
+        again run by run."""
+        try:
+            lookup_loaded(self.wh, table, [c.verified.manifest for c in batch.candidates],
+                          self.keys_seen, self.sums_seen)
+            return
+        except WarehouseError as exc:
+            if not exc.caused_by_data:
+                raise
+        kept = []
+        for candidate in batch.candidates:
+            v = candidate.verified
+            try:
+                lookup_loaded(self.wh, table, [v.manifest], self.keys_seen, self.sums_seen)
+            except WarehouseError as exc:
+                if not exc.caused_by_data:
+                    raise
+                batch.rejected.append((v.ref, ManifestError(
+                    v.ref.table, v.ref.run_id,
+                    f"the ledger cannot look up its manifest's key or checksums: {exc.detail}"),
+                    None, None))
+                continue
+            kept.append(candidate)
+        batch.candidates = kept
 
     # -- validation ---------------------------------------------------------------------
     def _settle(self, contract: TableContract, batch: Batch) -> None:
@@ -339,7 +367,7 @@ class _Loader:
         move its runs."""
         self.options.stop.raise_if_set()
         if contract is not None and batch.candidates:
-            self._lookup_ledger(contract.name, batch.candidates)
+            self._lookup_ledger(contract.name, batch)
             self._settle_and_screen(contract, batch)
             batch.candidates = []
         if self.abort is not None:
@@ -356,6 +384,13 @@ class _Loader:
             if not exc.caused_by_data or contract is None or not batch.accepted:
                 raise
             self._isolate(contract, batch, exc)
+            return
+        except _UNWRITABLE:
+            if self.logger:
+                self.logger.discard()
+            if not self._drop_unwritable(batch):
+                raise
+            self.flush(contract, batch)  # each round quarantines at least one run
             return
         self.crash("after_commit")
         self._move(batch)
@@ -488,6 +523,9 @@ class _Loader:
         stats = None
         run_rows: list[dict[str, Any]] = []
         file_rows: list[dict[str, Any]] = []
+        for _, runs, files in self._ledger_rows(batch, load_id, now):
+            run_rows += runs
+            file_rows += files
         for run in batch.accepted:
             if run.rejected_rows is not None and run.rejected_rows.num_rows:
                 # Ordering rule 5: rejected rows are on disk before the commit names them.
@@ -519,25 +557,6 @@ class _Loader:
                     keys_unique=batch.keys_unique, contiguous=self._register_contiguous)
                 stats.created = created
                 self._unregister()
-            for run in batch.accepted:
-                v = run.verified
-                run_rows.append(ledger_row(v.ref, v.manifest, v.manifest_sha256, STATUS_LOADED,
-                                            None, run.data.num_rows,
-                                            0 if run.rejected_rows is None
-                                            else run.rejected_rows.num_rows, load_id, now))
-                file_rows += [{"table_name": v.ref.table, "sha256": f.sha256,
-                               "run_id": v.ref.run_id, "file_name": f.name, "rows": f.rows,
-                               "bytes": f.bytes, "loaded_at": now}
-                              for f in v.manifest.files if f.name not in run.skipped_files]
-            for ref, error, manifest, manifest_sha in batch.rejected:
-                run_rows.append(ledger_row(ref, manifest, manifest_sha, STATUS_QUARANTINED,
-                                            error.reason(), 0,
-                                            manifest.rows if manifest else 0, load_id, now))
-            for ref, manifest, code, message, manifest_sha in batch.skipped:
-                # The manifest's checksum too: recovery finishes the move of this run only.
-                run_rows.append(ledger_row(ref, manifest, manifest_sha, STATUS_SKIPPED,
-                                            {"code": code, "message": message}, 0, 0,
-                                            load_id, now))
             # Ordering rule 3: ledger rows commit with the data rows.
             record_runs(self.wh, run_rows)
             record_files(self.wh, file_rows)
@@ -553,6 +572,74 @@ class _Loader:
             else:
                 self.crash("before_commit")
         self.changed = True
+
+    def _ledger_rows(self, batch: Batch, load_id: str | None, now: Any
+                     ) -> list[tuple[RunRef, list[dict[str, Any]], list[dict[str, Any]]]]:
+        """Each run's ledger rows: (run, its ``meta.staged_runs`` rows, its file rows)."""
+        per_run = []
+        for run in batch.accepted:
+            v = run.verified
+            per_run.append((v.ref, [ledger_row(v.ref, v.manifest, v.manifest_sha256,
+                                               STATUS_LOADED, None, run.data.num_rows,
+                                               0 if run.rejected_rows is None
+                                               else run.rejected_rows.num_rows, load_id, now)],
+                            [{"table_name": v.ref.table, "sha256": f.sha256,
+                              "run_id": v.ref.run_id, "file_name": f.name, "rows": f.rows,
+                              "bytes": f.bytes, "loaded_at": now}
+                             for f in v.manifest.files if f.name not in run.skipped_files]))
+        for ref, error, manifest, manifest_sha in batch.rejected:
+            per_run.append((ref, [ledger_row(ref, manifest, manifest_sha, STATUS_QUARANTINED,
+                                             error.reason(), 0,
+                                             manifest.rows if manifest else 0, load_id, now)],
+                            []))
+        for ref, manifest, code, message, manifest_sha in batch.skipped:
+            # The manifest's checksum too: recovery finishes the move of this run only.
+            per_run.append((ref, [ledger_row(ref, manifest, manifest_sha, STATUS_SKIPPED,
+                                             {"code": code, "message": message}, 0, 0,
+                                             load_id, now)], []))
+        return per_run
+
+    def _drop_unwritable(self, batch: Batch) -> bool:
+        """Quarantine the runs whose ledger rows the ledger cannot hold; False if none.
+
+        The manifest parser bounds a manifest's numbers and texts; this is the second line of
+        defence, so that one run's values (a number past BIGINT, text UTF-8 cannot hold) fail
+        that run and never the whole load. A rejected run keeps its reason and is recorded
+        without its manifest's values.
+        """
+        bad: dict[tuple[str, str], str] = {}
+        for ref, runs, files in self._ledger_rows(batch, None, utcnow()):
+            problem = _unwritable(runs, STAGED_RUNS_SCHEMA) or _unwritable(
+                files, STAGED_FILES_SCHEMA)
+            if problem is not None:
+                bad[(ref.table, ref.run_id)] = problem
+
+        def refused(ref: RunRef) -> ManifestError:
+            return ManifestError(ref.table, ref.run_id,
+                                 "the ledger cannot hold a value of its manifest "
+                                 f"({bad[(ref.table, ref.run_id)]})")
+
+        if not bad:
+            return False
+        keep = []
+        for run in batch.accepted:
+            ref = run.verified.ref
+            if (ref.table, ref.run_id) in bad:
+                batch.rejected.append((ref, refused(ref), None, None))
+            else:
+                keep.append(run)
+        batch.accepted = keep
+        batch.rejected = [(ref, error, None, None) if (ref.table, ref.run_id) in bad
+                          else (ref, error, manifest, sha)
+                          for ref, error, manifest, sha in batch.rejected]
+        skipped = []
+        for entry in batch.skipped:
+            if (entry[0].table, entry[0].run_id) in bad:
+                batch.rejected.append((entry[0], refused(entry[0]), None, None))
+            else:
+                skipped.append(entry)
+        batch.skipped = skipped
+        return True
 
     def _log(self, contract: TableContract | None, batch: Batch, stats: Any) -> None:
         assert self.logger is not None
@@ -794,6 +881,19 @@ def _verify_ahead(refs: list[RunRef], config: LakeConfig, threads: int = _VERIFY
                 run_bytes = (run_bytes + sum(sizes) // len(sizes)) // 2
             refill()
             yield from zip(chunk, results, strict=True)
+
+
+# What converting a run's ledger rows to Arrow raises when a value does not fit a column.
+_UNWRITABLE = (OverflowError, UnicodeError, pa.ArrowException)
+
+
+def _unwritable(rows: list[dict[str, Any]], schema: pa.Schema) -> str | None:
+    """Why ``rows`` cannot be written to a ledger table of ``schema`` (None: they can)."""
+    try:
+        pa.Table.from_pylist(rows, schema=schema)
+    except _UNWRITABLE as exc:
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def _with_repeat_warning(outcome: ValidationOutcome, candidate: Candidate,
