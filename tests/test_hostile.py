@@ -59,6 +59,11 @@ _BAD = "test_bad_input::test_bad_run_is_quarantined_and_good_runs_load"
 _TOML = "test_config::test_bad_lake_toml_exits_2_with_one_line"
 _SCHEMA = "test_config::test_bad_schema_reference_exits_2_and_keeps_the_run"
 _HERE = "test_hostile"
+_FILES = "test_hostile_files"
+_BOMBS = "test_hostile_bombs"
+_CONTRACTS = "test_hostile_contracts"
+_RUNIDS = "test_hostile_runids"
+_QUERY = "test_hostile_query"
 
 CATALOGUE: tuple[Kind, ...] = (
     # -- already covered by test_bad_input.py -------------------------------------------------
@@ -185,6 +190,100 @@ CATALOGUE: tuple[Kind, ...] = (
          "exit 1, one line about space; all-or-nothing per run; next load exactly once"),
     Kind("read-only staging folder", f"{_HERE}::test_read_only_staging_folder",
          "exit 1, one line; nothing lost or doubled; next load exactly once"),
+    # -- issue 12: hostile input that could hang, exhaust or poison the loader --------------
+    Kind("_manifest.json is a FIFO", f"{_FILES}::test_special_files_in_a_run_never_stop_the_load"
+         "[manifest_fifo]", "quarantined: invalid_run; the load never blocks (exit 3)"),
+    Kind("_manifest.json links to /dev/zero", f"{_FILES}::test_special_files_in_a_run_never_stop"
+         "_the_load[manifest_dev_zero]", "quarantined: invalid_run; memory flat"),
+    Kind("_manifest.json links outside the root", f"{_FILES}::test_special_files_in_a_run_never"
+         "_stop_the_load[manifest_linked_outside]", "quarantined: invalid_run; target untouched"),
+    Kind("64 GiB sparse _manifest.json", f"{_FILES}::test_special_files_in_a_run_never_stop_the"
+         "_load[manifest_oversize]", "quarantined: invalid_run (over the 8 MiB marker cap)"),
+    Kind("data file far bigger than its manifest entry", f"{_FILES}::test_special_files_in_a_run"
+         "_never_stop_the_load[data_file_oversize]", "quarantined: manifest_mismatch; not read"),
+    Kind("_abandoned.json is a FIFO", f"{_FILES}::test_special_abandoned_marker_never_stops"
+         "_cleanup[fifo]", "cleanup quarantines it: abandoned, marker_problem"),
+    Kind("_abandoned.json links to /dev/zero", f"{_FILES}::test_special_abandoned_marker_never"
+         "_stops_cleanup[dev_zero]", "cleanup quarantines it: abandoned, marker_problem"),
+    Kind("_reason.json in quarantine is a FIFO", f"{_FILES}::test_special_reason_file_never_stops"
+         "_list_or_audit[fifo]", "quarantine list shows it unread; audit counts it unknown"),
+    Kind("symlinked _rejected_rows.parquet in an uncommitted run",
+         f"{_FILES}::test_rejected_rows_file_in_an_abandoned_run_never_loads[symlink]",
+         "an abandoned run, replayed uncommitted; the outside rows never load"),
+    Kind("rejected rows file swapped for a link",
+         f"{_FILES}::test_replay_never_follows_a_linked_rejected_rows_file",
+         "replay exits 2, one line; nothing staged"),
+    Kind("producer writes after cleanup abandoned its run",
+         f"{_FILES}::test_producer_of_an_abandoned_run_gets_a_staging_error[write]",
+         "StagingError: abandoned by lake cleanup"),
+    Kind("manifest rows past BIGINT (2**63)", f"{_BOMBS}::test_poison_manifest_value_is"
+         "_quarantined[rows_2_63]", "quarantined: manifest_mismatch"),
+    Kind("manifest rows summing past the bound", f"{_BOMBS}::test_poison_manifest_value_is"
+         "_quarantined[sum_of_rows_overflows]", "quarantined: manifest_mismatch"),
+    Kind("manifest listing 100k files", f"{_BOMBS}::test_poison_manifest_value_is_quarantined"
+         "[100k_files]", "quarantined: manifest_mismatch"),
+    Kind("manifest sha256 not 64 lowercase hex", f"{_BOMBS}::test_poison_manifest_value_is"
+         "_quarantined[sha256_huge]", "quarantined: manifest_mismatch"),
+    Kind("manifest text UTF-8 cannot hold", f"{_BOMBS}::test_poison_manifest_value_is"
+         "_quarantined[key_lone_surrogate]", "quarantined: manifest_mismatch"),
+    Kind("poison manifests beside good runs (CLI)",
+         f"{_BOMBS}::test_poison_numbers_next_to_good_runs_via_the_cli",
+         "exit 3; good runs load; each poison run quarantined"),
+    Kind("decompression bomb: constant column", f"{_BOMBS}::test_decompression_bomb_is"
+         "_quarantined_too_large[constant_rows]", "quarantined: too_large before decoding"),
+    Kind("decompression bomb: long repeated value", f"{_BOMBS}::test_decompression_bomb_is"
+         "_quarantined_too_large[long_repeated_value]", "quarantined: too_large while streaming"),
+    Kind("small files decoding past batch_max_bytes",
+         f"{_BOMBS}::test_batch_max_bytes_counts_decoded_bytes",
+         "batched by decoded bytes: one transaction each"),
+    Kind("contract raises SystemExit(0) on import", f"{_CONTRACTS}::test_a_contract_that_exits"
+         "_while_imported_is_a_config_error[system_exit_0]", "exit 2 naming the module; runs stay"),
+    Kind("pandera check raises SystemExit", f"{_CONTRACTS}::test_a_check_that_exits_during"
+         "_validation_quarantines_the_run", "quarantined: contract_violation; others load"),
+    Kind("<root>/hypothesis.py shadowing an import", f"{_CONTRACTS}::test_modules_in_the_lake"
+         "_root_are_never_imported_by_the_loader[hypothesis]", "never imported; load succeeds"),
+    Kind("<root>/glob.py shadowing the standard library", f"{_CONTRACTS}::test_modules_in_the"
+         "_lake_root_are_never_imported_by_the_loader[glob]", "never imported; load succeeds"),
+    Kind("lake.toml: primary_key written as a string",
+         f"{_CONTRACTS}::test_a_primary_key_written_as_a_string_is_refused",
+         "exit 2 with the fix primary_key = [\"id\"]"),
+    Kind("lake.toml: staging_root = memory://", f"{_CONTRACTS}::test_an_unknown_staging_url"
+         "_scheme_is_refused_in_lake_toml[memory]", "exit 2 naming the allowed schemes"),
+    Kind("producer stages to memory://",
+         f"{_CONTRACTS}::test_a_producer_cannot_stage_to_an_unknown_scheme",
+         "StagingError; nothing written"),
+    Kind("strict contract lacks the key column", f"{_CONTRACTS}::test_a_key_the_strict_contract"
+         "_lacks_is_a_config_error[key]", "exit 2 at load start; no run moves"),
+    Kind("reused run id of a loaded run (retention 0)", f"{_RUNIDS}::test_reused_id_of_a_loaded"
+         "_run_is_quarantined_and_kept[0]", "quarantined: run_id_reused, byte for byte"),
+    Kind("manifest linked to the loaded run's archived one", f"{_RUNIDS}::test_a_run_posing_as"
+         "_the_loaded_one_is_not_recovered[manifest_symlinked_to_the_archived_one]",
+         "quarantined: run_id_reused; link not followed"),
+    Kind("quarantined run fixed by hand and moved back", f"{_RUNIDS}::test_a_quarantined_run"
+         "_fixed_by_hand_and_moved_back_loads[data]", "loads; its ledger row replaced"),
+    Kind("reused id after SIGKILL between commit and move", f"{_RUNIDS}::test_sigkill_between"
+         "_commit_and_move_then_a_reused_id[after_commit]",
+         "genuine runs recovered once; the impostor quarantined: run_id_reused"),
+    Kind("reused run id in an object store",
+         f"{_RUNIDS}::test_reused_id_in_an_object_store_is_quarantined_and_kept",
+         "quarantined: run_id_reused, objects byte for byte"),
+    Kind("query: spill, then COPY into the temp dir", f"{_QUERY}::test_spilling_then_copying"
+         "_into_the_temp_directory_leaves_no_file", "exit 2; no file left; private temp removed"),
+    Kind("query: two statements", f"{_QUERY}::test_query_runs_exactly_one_statement"
+         "[two-selects]", "exit 2, one line, nothing run"),
+    Kind("query: SET memory_limit", f"{_QUERY}::test_query_refuses_statements_that_change"
+         "_settings_or_touch_files[set-memory-limit]", "exit 2, one line"),
+    Kind("query: PRAGMA", f"{_QUERY}::test_query_refuses_statements_that_change_settings_or"
+         "_touch_files[pragma]", "exit 2, one line"),
+    Kind("query: enable_logging inside a SELECT",
+         f"{_QUERY}::test_a_select_cannot_turn_on_file_logging",
+         "exit 2 (configuration locked); no log file"),
+    Kind("query: a 1.5M-row result", f"{_QUERY}::test_large_results_are_streamed_in_bounded"
+         "_memory[csv]", "streamed; RSS grows < 150 MiB"),
+    Kind("export: table 'staging' to the lake root", f"{_QUERY}::test_export_never_writes_inside"
+         "_the_lake[staging-to-root]", "exit 2; lake unchanged; loads go on"),
+    Kind("export: symlink pointing into the lake", f"{_QUERY}::test_export_never_writes_inside"
+         "_the_lake[link-into-root]", "exit 2; lake unchanged"),
 )
 
 T0 = dt.datetime(2026, 3, 1, 12, 0)
@@ -1503,6 +1602,8 @@ def _param_ids(function: Any) -> set[str]:
         if isinstance(given, list | tuple):
             ids.update(str(i) for i in given)
         ids.update(v.id for v in mark.args[1] if getattr(v, "id", None))
+        # pytest's own id for a plain str, int or bool value is the value itself
+        ids.update(str(v) for v in mark.args[1] if isinstance(v, str | int | bool))
     return ids
 
 
