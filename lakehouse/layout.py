@@ -107,6 +107,18 @@ def parse_run_id(run_id: str) -> RunIdParts | None:
     return RunIdParts(created, match.group(2), match.group(3))
 
 
+def run_id_of_folder(name: str) -> str:
+    """The run id of a run folder's name: a second folder of the same run (evidence is never
+    overwritten) is ``<run_id>.N``, and ``N`` is dropped; any other name is returned as it is.
+
+    Never a manifest's run id: a manifest that names another run may be why the run was
+    quarantined (found by the chaos runner)."""
+    head, _, tail = name.rpartition(".")
+    if tail.isdigit() and parse_run_id(head) is not None:
+        return head
+    return name
+
+
 def is_temp_name(name: str) -> bool:
     """True for in-progress files (``<name>.tmp-<uuid>``), which every reader skips."""
     return TMP_MARKER in name
