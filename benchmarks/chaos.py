@@ -302,9 +302,11 @@ class Chaos:
         for table in TABLES:
             folder = self.root / "quarantine" / table
             if folder.is_dir():
+                # lexists: a run whose manifest is a FIFO or a link to a device is replayed
+                # too (and must be quarantined again without being opened).
                 found += [p for p in sorted(folder.iterdir())
-                          if (p / "_manifest.json").is_file() and not (p / "_symlink").exists()
-                          and ".tmp-" not in p.name]
+                          if os.path.lexists(p / "_manifest.json")
+                          and not (p / "_symlink").exists() and ".tmp-" not in p.name]
         if found:
             target = rng.choice(found)
             self.lake("quarantine", "replay", str(target.relative_to(self.root)),

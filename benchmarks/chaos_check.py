@@ -75,6 +75,8 @@ class Run:
     api: bool = False  # hostile: staged through stage_run
     journal_committed: bool = False
     committed: bool = False
+    reuse: bool = False  # hostile: staged under the id of a run of its producer that loaded
+    digests: dict[str, str] = field(default_factory=dict)  # reuse: its files' SHA-256
 
     @property
     def key(self) -> tuple[str, str]:
@@ -131,6 +133,8 @@ class Checker:
         self.model = load_model()
         self.checks: dict[str, Check] = {}
         self.runs: dict[tuple[str, str], Run] = {}
+        # runs staged under the id of a loaded run (their key is that run's): never in the model
+        self.reused: list[Run] = []
         self.failed_producer_runs: list[str] = []
         self.folders: dict[tuple[str, str], list[Folder]] = {}
         self.ledger: dict[tuple[str, str], tuple[str, str | None, int, int]] = {}
@@ -145,11 +149,17 @@ class Checker:
     def read_journals(self) -> None:
         for path in sorted((self.work / "journal").glob("*.jsonl")):
             role, pid = path.stem[0], int(path.stem[1:])
-            by_folder: dict[str, Run] = {}
+            by_folder: dict[tuple[str, bool], Run] = {}
             for ev in read_journal(path):
+                reuse = bool(ev.get("reuse"))
                 if ev["ev"] == "failed":
                     self.failed_producer_runs.append(f"{path.stem} seq {ev['seq']}: "
                                                      f"{ev.get('error')}")
+                elif ev["ev"] == "begin" and reuse:
+                    run = Run(role, pid, ev["seq"], ev["table"], ev["run"], kind=ev.get("kind"),
+                              step=ev.get("step", 0), reuse=True, digests=ev["files"])
+                    self.reused.append(run)
+                    by_folder[(run.folder, True)] = run
                 elif ev["ev"] == "begin":
                     run = Run(role, pid, ev["seq"], ev["table"], ev["run"], kind=ev.get("kind"),
                               step=ev.get("step", 0), rows=ev.get("rows", 0),
@@ -157,9 +167,12 @@ class Checker:
                               retry=bool(ev.get("retry")))
                     if run.kind is not None:
                         run.api = run.hostile_step(self.seed).api
-                    self.runs[run.key] = by_folder[run.folder] = run
-                elif ev["ev"] == "committed" and ev.get("run") in by_folder:
-                    by_folder[ev["run"]].journal_committed = True
+                    self.runs[run.key] = by_folder[(run.folder, False)] = run
+                elif ev["ev"] == "reuse_lost" and (ev["run"], True) in by_folder:
+                    # another hostile producer staged under that id first: never staged
+                    self.reused.remove(by_folder.pop((ev["run"], True)))
+                elif ev["ev"] == "committed" and (ev.get("run"), reuse) in by_folder:
+                    by_folder[(ev["run"], reuse)].journal_committed = True
 
     def read_folders(self) -> None:
         for area in AREAS:
@@ -197,10 +210,15 @@ class Checker:
 
     # -- committed or not -------------------------------------------------------------------
     def decide_committed(self) -> None:
+        # lexists: a hostile manifest may be a FIFO or a link to a device (never opened).
         for run in self.runs.values():
             run.committed = run.journal_committed or any(
-                (f.path / "_manifest.json").is_file() or (f.path / "_symlink").is_symlink()
+                os.path.lexists(f.path / "_manifest.json") or (f.path / "_symlink").is_symlink()
                 or (f.area == "staging" and f.path.is_symlink())
+                for f in self.folders.get(run.key, []))
+        for run in self.reused:  # renamed into staging whole: committed once it is there
+            run.committed = run.journal_committed or any(
+                f.area != "staging" and self.digests(f.path) == run.digests
                 for f in self.folders.get(run.key, []))
 
     # -- the model --------------------------------------------------------------------------
@@ -296,6 +314,42 @@ class Checker:
                     continue
                 self.check_folders(rejected, name, "quarantined", ledger[1], 0, folders)
 
+    def check_reused(self) -> None:
+        check = self.check("reused_ids_kept",
+                           "a run staged under the id of a loaded run is quarantined as "
+                           "run_id_reused with every file byte for byte, while the loaded "
+                           "run keeps its ledger row and its archived folder")
+        for run in self.reused:
+            if not run.committed:
+                continue
+            name = f"h{run.pid} seq {run.seq} {run.table}/{run.folder!r}"
+            kept = [f for f in self.folders.get(run.key, [])
+                    if f.area == "quarantine" and self.reason_code(f.path) == "run_id_reused"
+                    and self.digests(f.path) == run.digests]
+            if not kept:
+                found = {f"{f.area}/{f.path.name}": (self.reason_code(f.path),
+                                                     sorted(self.digests(f.path)))
+                         for f in self.folders.get(run.key, [])}
+                check.fail(f"{name}: not in quarantine as run_id_reused byte for byte "
+                           f"({found})")
+            ledger = self.ledger.get(run.key)
+            if ledger is None or ledger[0] != "loaded":
+                check.fail(f"{name}: the ledger row of the loaded run became {ledger}")
+
+    @staticmethod
+    def digests(folder: Path) -> dict[str, str]:
+        """The SHA-256 of each regular file of a folder but _reason.json (links and special
+        files are never opened: they count as a mismatch)."""
+        import hashlib
+
+        out = {}
+        for entry in sorted(folder.iterdir()):
+            if entry.name == "_reason.json":
+                continue
+            out[entry.name] = (hashlib.sha256(entry.read_bytes()).hexdigest()
+                               if entry.is_file() and not entry.is_symlink() else "special")
+        return out
+
     def check_folders(self, check: Check, name: str, status: str, code: str | None,
                       rows_rejected: int, folders: list[Folder]) -> None:
         """Loaded and skipped runs are archived; rejected runs (and rejected rows) are in
@@ -334,7 +388,7 @@ class Checker:
         for key, folders in self.folders.items():
             if key in self.runs:
                 continue
-            if any((f.path / "_manifest.json").exists() for f in folders):
+            if any(os.path.lexists(f.path / "_manifest.json") for f in folders):
                 check.fail(f"{key}: unknown committed run in {[f.area for f in folders]}")
             led = self.ledger.get(key)
             if led is not None and led[:2] != ("quarantined", "abandoned"):
@@ -412,6 +466,9 @@ class Checker:
             if not (f.path / "_reason.json").is_file():
                 check.fail(f"{rel}: no _reason.json")
             led = self.ledger.get((f.table, f.run))
+            if led is not None and led[0] == "loaded" and self.reason_code(
+                    f.path) == "run_id_reused":
+                continue  # another run under a loaded run's id: the ledger keeps the loaded row
             if led is None or (led[0] != "quarantined" and not led[3]):
                 check.fail(f"{rel}: in quarantine, ledger {led}")
         if listed is None:
@@ -437,7 +494,7 @@ class Checker:
             left.fail("warehouse/lake.lock.json left behind")
         for (table, name), folders in self.folders.items():
             for f in folders:
-                if f.area == "staging" and (f.path / "_manifest.json").exists():
+                if f.area == "staging" and os.path.lexists(f.path / "_manifest.json"):
                     left.fail(f"staging/{table}/{name!r} is committed but still staged")
         outside = self.check("outside_untouched", "files outside the root that hostile runs "
                              "point at (symlinks, absolute paths) are never moved or deleted")
@@ -468,6 +525,7 @@ class Checker:
         self.decide_committed()
         outcomes, rows, columns = self.expected()
         self.check_runs(outcomes)
+        self.check_reused()
         self.check_unknown()
         self.check_tables(rows, columns)
         self.check_quarantine(listed)
@@ -475,13 +533,14 @@ class Checker:
         self.check_producers()
         good = [r for r in self.runs.values() if r.role == "g" and r.pid != 0]
         hostile = [r for r in self.runs.values() if r.role == "h"]
-        bad_kinds: Counter[str] = Counter(r.kind for r in hostile if r.committed and r.kind)
+        bad_kinds: Counter[str] = Counter(r.kind for r in [*hostile, *self.reused]
+                                          if r.committed and r.kind)
         self.figures.update(
             runs_begun=len(good) + len(hostile),
             good_runs_committed=sum(r.committed for r in good),
             good_runs_uncommitted=sum(not r.committed for r in good),
             good_runs_retried=sum(r.retry for r in good),
-            hostile_runs_committed=sum(r.committed for r in hostile),
+            hostile_runs_committed=sum(r.committed for r in [*hostile, *self.reused]),
             hostile_runs_uncommitted=sum(not r.committed for r in hostile),
             bad_inputs_by_kind=dict(sorted(bad_kinds.items())),
             ledger=dict(Counter(f"{s}" + (f" {c}" if c else "")

@@ -8,10 +8,13 @@ outcome) build the same steps. A step is one run, either
   model (``tests/model.py``), which knows the load rules for rows, keys and schemas; or
 - written by hand (``write``), for what the producer API refuses to make (corrupt files,
   lying manifests, hostile names, symlinks): its outcome is one of the reason codes in
-  ``expect``, and none of its rows may reach a table.
+  ``expect``, and none of its rows may reach a table. Its manifest may be a special file
+  (a FIFO, a link to a device); a ``reuse`` step takes the id of a run that loaded (the
+  hostile producer picks it) and must end in quarantine as ``run_id_reused``, byte for byte.
 
-Every kind matches a case of the hostile-input catalogue in ``tests/test_hostile.py``
-(``ref``), which tests it alone; here it meets everything else at once.
+Every kind matches a case of the hostile-input tests (``tests/test_hostile*.py``,
+``tests/test_bad_input.py``; ``ref``), which test it alone; here it meets everything else at
+once.
 
 Keys are the hostile producer's own (``pid * KEY_SPACE + ...``), like the good producers', so
 a hostile run can only conflict with its own producer's earlier runs (``key_conflict``,
@@ -27,18 +30,23 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.chaos_lake import BASE_TS, EVENT_KEY_POOL, KEY_SPACE, key_base
 
 MANIFEST = "_manifest.json"
-# (run folder, run id, a folder outside the lake root) -> the manifest to commit (a dict, or
-# raw bytes written as they are)
-HandWriter = Callable[[Path, str, Path], "dict[str, Any] | bytes"]
+# Makes a special file (a FIFO, a link to a device) at the path it is given: what a hostile
+# producer commits instead of a manifest.
+SpecialFile = Callable[[Path], None]
+# (run folder, run id, a folder outside the lake root) -> the manifest to commit (a dict, raw
+# bytes written as they are, or a special file made in its place)
+HandWriter = Callable[[Path, str, Path], "dict[str, Any] | bytes | SpecialFile"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,9 @@ class Step:
     write: HandWriter | None = None  # hand-written: fills the run folder, returns the manifest
     folder: str | None = None  # a fixed run folder name instead of a new run id
     link: bool = False  # the run folder is a symlink to a folder outside the root
+    # the run takes the id of a run of this producer's that loaded (the producer picks it):
+    # built outside the root, then renamed into staging whole
+    reuse: bool = False
     expect: frozenset[str] = frozenset()  # hand-written: the allowed reason codes
 
 
@@ -519,6 +530,89 @@ def far_timestamps(ctx: Ctx) -> list[Step]:
     return [api("logs", data.set_column(1, "ts", pa.array(far, pa.timestamp("us"))))]
 
 
+# -- special files, poison numbers, bombs, reused ids (issue 12) --------------------------------
+def _special_manifest(make: SpecialFile) -> Callable[[Ctx], list[Step]]:
+    """A run whose ``_manifest.json`` is a special file (committed by rename, like a real one)."""
+    def build(ctx: Ctx) -> list[Step]:
+        def write(run: Path, run_id: str, outside: Path) -> SpecialFile:
+            put(run, {"part-00000.parquet": logs_rows(ctx)})
+            return make
+        return [Step("logs", write=write, expect=frozenset(INVALID))]
+    return build
+
+
+manifest_fifo = _special_manifest(os.mkfifo)
+manifest_dev_zero = _special_manifest(lambda path: path.symlink_to("/dev/zero"))
+
+DEVICES = ["/dev/zero", "/dev/urandom"]
+
+
+def data_file_device_link(ctx: Ctx) -> list[Step]:
+    """The listed data file is a symlink to a device (its manifest entry is the real file's)."""
+    device = DEVICES[ctx.seq % len(DEVICES)]
+
+    def change(doc: dict[str, Any], run: Path, outside: Path) -> None:
+        (run / "part-00000.parquet").unlink()
+        (run / "part-00000.parquet").symlink_to(device)
+    return [hand("logs", {"part-00000.parquet": logs_rows(ctx)}, INVALID, change=change)]
+
+
+POISON: list[Callable[[dict[str, Any]], Any]] = [
+    lambda d: (d["files"][0].update(rows=2**63), d.update(rows=2**63)),
+    lambda d: (d["files"][0].update(bytes=2**64), d.update(bytes=2**64)),
+    lambda d: d["files"][0].update(sha256="Z" * 64),
+    lambda d: d.update(key="k" * 1_000_000),
+]
+
+
+def manifest_poison_number(ctx: Ctx) -> list[Step]:
+    """Numbers no ledger column holds, a checksum that is not hex, a 1 MB key text."""
+    poison = POISON[ctx.seq % len(POISON)]
+    return [hand("logs", {"part-00000.parquet": logs_rows(ctx)}, MISMATCH,
+                 change=lambda doc, run, outside: poison(doc))]
+
+
+BOMB_ROWS = 8_000_000  # logs rows take >= 20 Arrow bytes each: 160 MB, over max_run_bytes
+_BOMB_CHUNK = 1 << 20
+
+
+@lru_cache(maxsize=1)
+def _bomb_chunk() -> pa.Table:
+    """1M identical logs rows (their key is fixed by ``bomb_bytes``)."""
+    return pa.table({
+        "id": pa.array(np.zeros(_BOMB_CHUNK, np.int64)),
+        "ts": pa.array(np.zeros(_BOMB_CHUNK, np.int64)).cast(pa.timestamp("us")),
+        "msg": pa.DictionaryArray.from_arrays(pa.array(np.zeros(_BOMB_CHUNK, np.int32)),
+                                              pa.array(["bomb"])).cast(pa.string()),
+    })
+
+
+def bomb_bytes(key: int, rows: int = BOMB_ROWS) -> bytes:
+    """A ~100 KB Parquet file of ``rows`` identical logs rows (key ``key``): it decodes to
+    ``rows`` x 20 bytes at least (8 for id and ts, 4 for msg's offset)."""
+    chunk = _bomb_chunk().set_column(0, "id", pa.array(np.full(_BOMB_CHUNK, key, np.int64)))
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, chunk.schema, compression="zstd") as writer:
+        for done in range(0, rows, _BOMB_CHUNK):
+            writer.write_table(chunk.slice(0, min(_BOMB_CHUNK, rows - done)))
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def decompression_bomb(ctx: Ctx) -> list[Step]:
+    """A tiny file of 8M constant rows: refused from its footer before anything decodes."""
+    def write(run: Path, run_id: str, outside: Path) -> dict[str, Any]:
+        entries = put(run, {"part-00000.parquet": bomb_bytes(ctx.base)})
+        entries[0]["rows"] = BOMB_ROWS
+        return manifest("logs", run_id, entries, schema_of(_bomb_chunk().slice(0, 1)))
+    return [Step("logs", write=write, expect=frozenset({"too_large"}))]
+
+
+def reused_run_id(ctx: Ctx) -> list[Step]:
+    """Another run (other rows) under the id of a logs run this producer loaded earlier."""
+    step = hand("logs", {"part-00000.parquet": logs_rows(ctx)}, {"run_id_reused"})
+    return [Step("logs", write=step.write, reuse=True, expect=step.expect)]
+
+
 _B = "test_bad_input::test_bad_run_is_quarantined_and_good_runs_load"
 _H = "test_hostile"
 
@@ -562,6 +656,28 @@ CATALOGUE: tuple[Kind, ...] = (
     Kind("run_folder_with_subdirectory", run_folder_with_subdirectory,
          "quarantined: manifest_mismatch / invalid_run",
          f"{_H}::test_run_folder_with_a_subdirectory"),
+    # special files, poison numbers, bombs and reused ids (issue 12)
+    Kind("manifest_fifo", manifest_fifo, "quarantined: invalid_run; the load never blocks",
+         "test_hostile_files::test_special_files_in_a_run_never_stop_the_load[manifest_fifo]",
+         weight=2.0),
+    Kind("manifest_dev_zero", manifest_dev_zero,
+         "quarantined: invalid_run (the link to /dev/zero never followed)",
+         "test_hostile_files::test_special_files_in_a_run_never_stop_the_load"
+         "[manifest_dev_zero]", weight=2.0),
+    Kind("data_file_device_link", data_file_device_link,
+         "quarantined: invalid_run (/dev/zero or /dev/urandom never read)",
+         "test_hostile_files::test_special_files_in_a_run_never_stop_the_load"
+         "[data_file_dev_urandom]", weight=1.5),
+    Kind("manifest_poison_number", manifest_poison_number,
+         "quarantined: manifest_mismatch (rows 2**63, bytes 2**64, sha256 not hex, 1 MB key)",
+         "test_hostile_bombs::test_poison_manifest_value_is_quarantined[rows_2_63]", weight=2.0),
+    Kind("decompression_bomb", decompression_bomb,
+         "quarantined: too_large (8M constant rows in ~100 KB, refused from the footer)",
+         "test_hostile_bombs::test_decompression_bomb_is_quarantined_too_large[constant_rows]"),
+    Kind("reused_run_id", reused_run_id,
+         "quarantined: run_id_reused, kept byte for byte; the loaded run untouched",
+         "test_hostile_runids::test_reused_id_of_a_loaded_run_is_quarantined_and_kept[7]",
+         weight=3.0),
     # names
     Kind("undeclared_table", undeclared_table, "quarantined: invalid_run",
          "test_bad_input::test_bad_table_folder_is_quarantined[undeclared]"),
@@ -637,10 +753,13 @@ def pick_kind(ctx: Ctx) -> Kind:
 # ---------------------------------------------------------------- writing a hand-made run
 
 
-def commit_manifest(run: Path, doc: dict[str, Any] | bytes) -> None:
-    """Write the manifest under a temp name and rename it: the run appears committed whole."""
-    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+def commit_manifest(run: Path, doc: dict[str, Any] | bytes | SpecialFile) -> None:
+    """Write the manifest (or make the special file standing for it) under a temp name and
+    rename it: the run appears committed whole."""
     tmp = run / f"{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_bytes(data)
+    if callable(doc):
+        doc(tmp)
+    else:
+        tmp.write_bytes(doc if isinstance(doc, bytes) else json.dumps(doc).encode())
     os.replace(tmp, run / MANIFEST)
 

@@ -42,6 +42,9 @@ retention_days = 7
 # 72 s: uncommitted runs of killed producers go to quarantine (abandoned) during the run.
 abandon_after_hours = 0.02
 batch_max_runs = 25
+# 64 MiB of decoded (Arrow) bytes per run: a decompression bomb of modest CPU cost trips it,
+# while the biggest legitimate chaos run (a 1 MiB string cell) is far below.
+max_run_bytes = 67108864
 
 # append with a key, day partitions, no pandera contract (Lake's own checks only)
 [tables.logs]

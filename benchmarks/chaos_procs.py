@@ -124,9 +124,28 @@ def hostile(args: argparse.Namespace) -> int:
                     journal.write(ev="committed", run=run.run_id, **common)
                     continue
                 assert step.write is not None
-                folder = step.folder or new_run_id(f"h{args.pid}")
                 table_dir = root / "staging" / step.table
                 table_dir.mkdir(parents=True, exist_ok=True)
+                if step.reuse:
+                    reused = loaded_run_to_reuse(root, step.table, args.pid, ctx)
+                    if reused is None:  # none of ours loaded yet: nothing to reuse
+                        journal.write(ev="no_run_to_reuse", **common)
+                        break
+                    built = outside / f"h{args.pid}-{seq}-{index}" / reused
+                    built.mkdir(parents=True)
+                    commit_manifest(built, step.write(built, reused, outside))
+                    # Journaled before it appears in staging, with every file's checksum:
+                    # the checker finds it in quarantine byte for byte.
+                    journal.write(ev="begin", run=reused, reuse=True,
+                                  files=folder_digests(built), **common)
+                    try:
+                        os.rename(built, table_dir / reused)  # appears committed, whole
+                    except OSError:  # another hostile producer took that id first
+                        journal.write(ev="reuse_lost", run=reused, reuse=True, **common)
+                        break
+                    journal.write(ev="committed", run=reused, reuse=True, **common)
+                    continue
+                folder = step.folder or new_run_id(f"h{args.pid}")
                 if step.link:
                     target = outside / f"h{args.pid}-{seq}-{index}" / folder
                     target.mkdir(parents=True)
@@ -146,6 +165,46 @@ def hostile(args: argparse.Namespace) -> int:
         time.sleep(rng.uniform(0, args.pause_max))
     journal.close()
     return 0
+
+
+def loaded_run_to_reuse(root: Path, table: str, pid: int, ctx: Any) -> str | None:
+    """The id of a run of a hostile producer (this one's first) that loaded (the published
+    snapshot's ledger says so) and whose folder is in archive/ alone, neither staged again
+    nor quarantined: a new run under that id must be quarantined as ``run_id_reused``. The
+    ledger never forgets a loaded row and nothing moves a folder out of archive/ during a
+    chaos run (retention is 7 days), so the outcome does not depend on timing; which id is
+    picked does."""
+    import duckdb
+
+    try:
+        con = duckdb.connect(str(root / "warehouse" / "lake.read.duckdb"), read_only=True)
+        try:
+            loaded = [r[0] for r in con.execute(
+                "SELECT run_id FROM meta.staged_runs WHERE table_name = ? AND status = 'loaded' "
+                "AND regexp_matches(run_id, '-h[0-9]+-[0-9a-f]+$') "
+                "ORDER BY run_id LIKE ? DESC, run_id", [table, f"%-h{pid}-%"]).fetchall()]
+        finally:
+            con.close()
+    except Exception:  # a snapshot being replaced: try another time
+        return None
+
+    def taken(area: str, run_id: str) -> bool:
+        folder = root / area / table
+        return os.path.lexists(folder / run_id) or (
+            area == "quarantine" and any(folder.glob(f"{run_id}.*")))
+
+    free = [r for r in loaded if (root / "archive" / table / r).is_dir()
+            and not taken("staging", r) and not taken("quarantine", r)]
+    own = [r for r in free if f"-h{pid}-" in r]
+    return ctx.rng.choice(own or free) if free else None
+
+
+def folder_digests(folder: Path) -> dict[str, str]:
+    """The SHA-256 of every file of a run folder (regular files only: the hostile producer
+    built it)."""
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
 # -- the reader -----------------------------------------------------------------------------

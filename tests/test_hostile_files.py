@@ -143,6 +143,12 @@ def _manifest_oversize(run: Path) -> None:
     sparse(run / "_manifest.json")
 
 
+def _data_dev_urandom(run: Path) -> None:
+    """The data file its manifest lists, replaced by a link to an endless device."""
+    (run / "part-00000.parquet").unlink()
+    (run / "part-00000.parquet").symlink_to("/dev/urandom")
+
+
 def _data_oversize(run: Path) -> None:
     """A data file far bigger than its manifest entry says (sparse: no disk)."""
     sparse(run / "part-00000.parquet")
@@ -153,6 +159,7 @@ LOAD_CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "manifest_dev_zero": (_manifest_dev_zero, "invalid_run", "symlink"),
     "manifest_linked_outside": (_manifest_linked_outside, "invalid_run", "symlink"),
     "manifest_oversize": (_manifest_oversize, "invalid_run", "bytes"),
+    "data_file_dev_urandom": (_data_dev_urandom, "invalid_run", "symlink"),
     "data_file_oversize": (_data_oversize, "manifest_mismatch", "bytes on disk"),
 }
 
