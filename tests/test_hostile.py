@@ -199,6 +199,8 @@ CATALOGUE: tuple[Kind, ...] = (
          "_stop_the_load[manifest_linked_outside]", "quarantined: invalid_run; target untouched"),
     Kind("64 GiB sparse _manifest.json", f"{_FILES}::test_special_files_in_a_run_never_stop_the"
          "_load[manifest_oversize]", "quarantined: invalid_run (over the 8 MiB marker cap)"),
+    Kind("data file is a link to /dev/urandom", f"{_FILES}::test_special_files_in_a_run_never"
+         "_stop_the_load[data_file_dev_urandom]", "quarantined: invalid_run; never read"),
     Kind("data file far bigger than its manifest entry", f"{_FILES}::test_special_files_in_a_run"
          "_never_stop_the_load[data_file_oversize]", "quarantined: manifest_mismatch; not read"),
     Kind("_abandoned.json is a FIFO", f"{_FILES}::test_special_abandoned_marker_never_stops"
