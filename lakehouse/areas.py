@@ -39,12 +39,14 @@ import pyarrow.parquet as pq
 
 from lakehouse import moves
 from lakehouse.config import LakeConfig
-from lakehouse.errors import LakehouseError
-from lakehouse.fsio import (
-    MARKER_MAX_BYTES,
+from lakehouse.errors import (
     FileTooLargeError,
     NotRegularFileError,
+    StagingUnavailableError,
     UnsafeFileError,
+)
+from lakehouse.fsio import (
+    MARKER_MAX_BYTES,
     bytes_digest,
     check_size,
     is_local,
@@ -76,10 +78,6 @@ class StoredObject:
 
     size: int
     modified: float | None  # last-modified, seconds since the epoch, by the store's clock
-
-
-class StagingUnavailableError(LakehouseError):
-    """The object store holding staging could not be listed, read or written."""
 
 
 class StagingArea(Protocol):

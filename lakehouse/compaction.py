@@ -36,7 +36,13 @@ from typing import Any, Protocol
 
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
-from lakehouse.errors import LakehouseError, StopRequestedError, UsageError, WarehouseError
+from lakehouse.errors import (
+    CompactionError,
+    LakehouseError,
+    StopRequestedError,
+    UsageError,
+    WarehouseError,
+)
 from lakehouse.fsio import fsync_dir, temp_name
 from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
 from lakehouse.lock import WarehouseLock
@@ -50,14 +56,6 @@ SOURCE = "compact_source"  # the catalog name the old file is attached under
 BACKUP_PATTERN = re.compile(r"^lake-\d{8}T\d{6}\.\d{6}Z\.duckdb$")
 HEADER_BYTES = 3 * 4096  # DuckDB's file header and two database headers precede the blocks
 _MIB = 1024 * 1024
-
-
-class CompactionError(LakehouseError):
-    """Compaction could not finish; the message says if the warehouse changed and what to do."""
-
-    def __init__(self, problem: str, *, path: str | None = None) -> None:
-        self.problem, self.path = problem, path
-        super().__init__(problem)
 
 
 class StopLike(Protocol):

@@ -38,7 +38,7 @@ from typing import Any
 
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
-from lakehouse.errors import UsageError, WarehouseError
+from lakehouse.errors import ExportError, UsageError, WarehouseError
 from lakehouse.export_plan import (
     POINTER_FORMAT,
     Partition,
@@ -55,7 +55,6 @@ from lakehouse.export_target import (
     CURRENT_LINK,
     LOCAL_TEMP_BASE,
     POINTER_NAME,
-    ExportError,
     ExportTarget,
     open_target,
 )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
-from lakehouse.errors import LakehouseError, UsageError
+from lakehouse.errors import ExportError, UsageError
 from lakehouse.fsio import atomic_write_bytes, fsync_dir, is_local, temp_name
 from lakehouse.layout import TMP_MARKER, LakePaths
 
@@ -34,14 +34,6 @@ POINTER_NAME = "_latest.json"
 CURRENT_LINK = "current"
 LOCAL_TEMP_BASE = "export"  # object-store exports are written first to warehouse/export.tmp-<uuid>
 _NO_SYMLINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
-
-
-class ExportError(LakehouseError):
-    """An export could not finish; the message says whether the published export changed."""
-
-    def __init__(self, problem: str, *, path: str | None = None) -> None:
-        self.problem, self.path = problem, path
-        super().__init__(problem)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from lakehouse.errors import FileTooLargeError, NotRegularFileError
 from lakehouse.layout import TMP_MARKER
 
 HASH_NAME = "sha256"
@@ -33,40 +34,6 @@ _CHUNK = 1 << 20
 # commit a bigger manifest (``staging/writer.py``), so only a hand-made one is rejected.
 MARKER_MAX_BYTES = 8 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-
-class UnsafeFileError(OSError):
-    """A file Lake was asked to read is not one it will read (see :func:`read_regular`)."""
-
-    def __init__(self, path: str | Path, what: str, message: str) -> None:
-        super().__init__(message)
-        self.path = str(path)
-        self.what = what  # what the file is, for a message naming it otherwise
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class NotRegularFileError(UnsafeFileError):
-    """The path is a symlink, a FIFO, a device, a socket or a folder, not a regular file."""
-
-    def __init__(self, path: str | Path, kind: str) -> None:
-        what = f"{kind}, not a regular file"
-        super().__init__(path, what, f"{path} is {what}; Lake never follows links or reads "
-                                     "special files: remove it, or stage the data again "
-                                     "with stage_run")
-        self.kind = kind
-
-
-class FileTooLargeError(UnsafeFileError):
-    """The file holds more bytes than the reader allows for it."""
-
-    def __init__(self, path: str | Path, size: int, max_bytes: int) -> None:
-        what = f"{size} bytes, more than the {max_bytes} allowed for it"
-        super().__init__(path, what, f"{path} is {what}")
-        self.size = size
-        self.max_bytes = max_bytes
 
 
 def open_regular(path: str | Path) -> io.FileIO:

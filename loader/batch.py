@@ -17,10 +17,10 @@ import pyarrow as pa
 from lakehouse.config import TableContract
 from lakehouse.contracts import ValidationOutcome
 from lakehouse.db import Warehouse
-from lakehouse.errors import ContractViolation, RunRejectedError
+from lakehouse.errors import ContractViolation, ManifestFormatError, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME, parse_run_id
 from lakehouse.ledger import loaded_checksums, loaded_keys
-from lakehouse.manifest import FileEntry, Manifest, ManifestFormatError
+from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.merge import partition_expression, schema_changes
 from lakehouse.staged import RunRef, VerifiedRun
 

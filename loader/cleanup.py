@@ -26,10 +26,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
+from lakehouse.areas import ObjectArea, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
-from lakehouse.fsio import MARKER_MAX_BYTES, UnsafeFileError, read_regular
+from lakehouse.errors import StagingUnavailableError, UnsafeFileError
+from lakehouse.fsio import MARKER_MAX_BYTES, read_regular
 from lakehouse.layout import (
     ABANDONED_NAME,
     ARCHIVE_DIR,

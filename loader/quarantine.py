@@ -35,10 +35,9 @@ import pyarrow.parquet as pq
 from lakehouse.areas import ObjectArea, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
-from lakehouse.errors import UsageError
+from lakehouse.errors import UnsafeFileError, UsageError
 from lakehouse.fsio import (
     MARKER_MAX_BYTES,
-    UnsafeFileError,
     atomic_write,
     atomic_write_bytes,
     bytes_digest,
