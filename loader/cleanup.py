@@ -40,7 +40,7 @@ from lakehouse.layout import (
     is_temp_name,
     parse_run_id,
 )
-from lakehouse.ledger import STATUS_QUARANTINED, record_runs, utcnow
+from lakehouse.ledger import abandoned_row, record_runs
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
@@ -125,7 +125,7 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
             if abandoned and not dry_run:
                 # A run already recorded is one whose move a crash interrupted: the ledger
                 # keeps its row (a second one would break the key); only the move is redone.
-                rows = [_abandoned_row(t, r, reason) for t, r, reason in abandoned
+                rows = [abandoned_row(t, r, reason) for t, r, reason in abandoned
                         if (t, r) not in accounted]
                 if rows:
                     # The ledger row commits before the run moves; a crash between the two
@@ -289,16 +289,6 @@ def _abandoned_objects(store: ObjectArea, config: LakeConfig, now: datetime,
                                             _detail(age, problem)))
         found.append((table, run_id, reason))
     return found
-
-
-def _abandoned_row(table: str, run_id: str, reason: dict[str, Any]) -> dict[str, Any]:
-    parts = parse_run_id(run_id)
-    return {"run_id": run_id, "table_name": table,
-            "producer": parts.producer if parts else None, "status": STATUS_QUARANTINED,
-            "reason_code": "abandoned", "reason_json": json.dumps(reason, default=str),
-            "rows_staged": 0, "rows_loaded": 0, "rows_rejected": 0,
-            "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
-            "recorded_at": utcnow()}
 
 
 def _ledger_times(wh: Any) -> dict[tuple[str, str], tuple[str, datetime]]:
