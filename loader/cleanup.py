@@ -38,7 +38,7 @@ from lakehouse.layout import (
     STAGING_DIR,
     LakePaths,
     is_temp_name,
-    parse_run_id,
+    run_id_of_folder,
 )
 from lakehouse.ledger import abandoned_row, record_runs
 from lakehouse.lock import WarehouseLock
@@ -311,7 +311,7 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
         for run_dir in sorted(table_dir.iterdir()):
             if is_temp_name(run_dir.name) or run_dir.is_symlink() or not run_dir.is_dir():
                 continue
-            run_id = run_dir.name if parse_run_id(run_dir.name) else _strip_suffix(run_dir.name)
+            run_id = run_id_of_folder(run_dir.name)
             entry = accounted.get((table_dir.name, run_id))
             if entry is None or entry[0] not in ("loaded", "skipped"):
                 report.kept.append(CleanupAction("expired_archive", _rel(paths, run_dir),
@@ -326,12 +326,6 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
                 delete_run_folder(paths, run_dir)
 
 
-def _strip_suffix(name: str) -> str:
-    """``<run_id>.N`` (a second folder of the same run) back to ``<run_id>``."""
-    head, _, tail = name.rpartition(".")
-    return head if tail.isdigit() and parse_run_id(head) else name
-
-
 def _expired_objects(store: ObjectArea, config: LakeConfig,
                      accounted: dict[tuple[str, str], tuple[str, datetime]], now: datetime,
                      report: CleanupReport, crash: Callable[[str], None]) -> None:
@@ -343,7 +337,7 @@ def _expired_objects(store: ObjectArea, config: LakeConfig,
         if is_temp_name(name):
             continue
         folder = store.folder(ARCHIVE_DIR, table, name)
-        run_id = name if parse_run_id(name) else _strip_suffix(name)
+        run_id = run_id_of_folder(name)
         entry = accounted.get((table, run_id))
         if entry is None or entry[0] not in ("loaded", "skipped"):
             report.kept.append(CleanupAction("expired_archive", store.url(folder),
