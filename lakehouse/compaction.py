@@ -30,7 +30,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +43,7 @@ from lakehouse.errors import (
     WarehouseError,
 )
 from lakehouse.fsio import fsync_dir, temp_name
-from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
+from lakehouse.layout import PARTITION_COLUMN, STAMP_PATTERN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
@@ -53,7 +52,7 @@ CRASH_POINTS = ("after_lock", "after_copy", "after_verify", "after_backup", "aft
                 "before_publish")
 TEMP_BASE = "lake.compact.duckdb"  # temp files are TEMP_BASE + ".tmp-<uuid>" (+ DuckDB's .wal/.tmp)
 SOURCE = "compact_source"  # the catalog name the old file is attached under
-BACKUP_PATTERN = re.compile(r"^lake-\d{8}T\d{6}\.\d{6}Z\.duckdb$")
+BACKUP_PATTERN = re.compile(r"^lake-" + STAMP_PATTERN + r"\.duckdb$")
 HEADER_BYTES = 3 * 4096  # DuckDB's file header and two database headers precede the blocks
 _MIB = 1024 * 1024
 
@@ -393,8 +392,7 @@ def _columns(wh: Warehouse, catalog: str | None, schema: str, name: str) -> list
 def _backup(paths: LakePaths) -> Path:
     """Keep the current file as ``backups/lake-<UTC time>.duckdb`` (a hard link: no copy)."""
     paths.backups.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = paths.backups / f"lake-{stamp}.duckdb"
+    target = paths.backups / f"lake-{utc_stamp()}.duckdb"
     try:
         os.link(paths.warehouse, target)  # atomic, and free: the old inode lives on here
     except OSError:

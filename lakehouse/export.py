@@ -58,7 +58,7 @@ from lakehouse.export_target import (
     ExportTarget,
     open_target,
 )
-from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
+from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.ledger import utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
@@ -67,7 +67,6 @@ from lakehouse.publish import mark_publish_pending, publish_pending, publish_sna
 CRASH_POINTS = ("after_lock", "after_write", "before_pointer", "after_pointer", "after_record")
 DEFAULT_KEEP_VERSIONS = 2  # the current version and the one before (for readers mid-scan)
 FILE_PATTERN = "data_{i}"  # files are data_0.parquet, data_1.parquet, ... in each folder
-_ID_TIME = "%Y%m%dT%H%M%S.%fZ"
 
 _PARTITION_COLUMNS = ("export_id", "table_name", "target", "partition_value", "folder",
                       "action", "rows", "bytes", "files", "fingerprint", "written_by")
@@ -419,7 +418,7 @@ def _report_current(report: ExportReport, target: ExportTarget, pointer: dict[st
 
 def new_export_id(now: datetime | None = None) -> str:
     """An export id that sorts by time: ``<UTC time>-<8 hex>``."""
-    return f"{(now or datetime.now(UTC)).strftime(_ID_TIME)}-{secrets.token_hex(4)}"
+    return f"{utc_stamp(now)}-{secrets.token_hex(4)}"
 
 
 def _remove_local_temps(paths: LakePaths) -> None:
