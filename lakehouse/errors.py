@@ -7,15 +7,17 @@ what to do. Only ``loader/cli.py`` maps these to exit codes.
 never retried automatically. ``LockHeldError`` is *transient*: nothing moved, retry later.
 Three errors are not ``LakehouseError`` children, for their callers' sake:
 ``ManifestFormatError`` and ``StagingError`` are ``ValueError`` children and
-``UnsafeFileError`` is an ``OSError``. Light (standard library only): producers import it.
+``UnsafeFileError`` is an ``OSError``. Light (standard library and ``lakehouse.jsonable``
+only): producers import it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lakehouse.jsonable import jsonable
 
 
 class LakehouseError(Exception):
@@ -146,16 +148,7 @@ class FailureRecord:
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {"check": self.check, "column": self.column,
-                "failure_case": _jsonable(self.failure_case), "row": self.row}
-
-
-def _jsonable(value: Any) -> Any:
-    """A value strict JSON can hold: NaN and infinities become text, objects their str()."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+                "failure_case": jsonable(self.failure_case), "row": self.row}
 
 
 class RunRejectedError(LakehouseError):

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse.db import Warehouse
+from lakehouse.jsonable import jsonable
 from lakehouse.layout import parse_run_id
 from lakehouse.manifest import Manifest
 from lakehouse.staged import RunRef
@@ -99,7 +100,7 @@ def _run_row(table: str, run_id: str, status: str, reason: dict[str, Any] | None
         "run_id": run_id, "table_name": table,
         "producer": parts.producer if parts else None, "status": status,
         "reason_code": reason.get("code") if reason else None,
-        "reason_json": json.dumps(reason, default=str) if reason else None,
+        "reason_json": json.dumps(reason, default=jsonable) if reason else None,
         "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
         "recorded_at": now,
     }

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, rename_durably
+from lakehouse.jsonable import jsonable
 from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, SYMLINK_NAME, TMP_MARKER, LakePaths
 
 
@@ -54,7 +55,7 @@ def sync_folders(paths: LakePaths, tables: set[str]) -> None:
 def quarantine_run(paths: LakePaths, table: str, run_id: str, reason: dict[str, Any]) -> Path:
     """Write ``_reason.json`` into a staged run, then move the run whole to ``quarantine/``."""
     src = paths.staged_run(table, run_id)
-    text = json.dumps(reason, indent=1, default=str).encode()
+    text = json.dumps(reason, indent=1, default=jsonable).encode()
     dst = _free_name(paths.quarantined_run(table, run_id))
     if src.is_symlink():
         # Never write through a symlink (its target is outside our control): quarantine a
@@ -87,7 +88,7 @@ def quarantine_rejected_rows(paths: LakePaths, table: str, run_id: str, reason: 
     tmp = dst.with_name(f"{dst.name}{TMP_MARKER}{uuid.uuid4().hex}")
     tmp.mkdir()
     atomic_write(tmp / REJECTED_ROWS_NAME, lambda w: pq.write_table(rows, w))
-    atomic_write_bytes(tmp / REASON_NAME, json.dumps(reason, indent=1, default=str).encode())
+    atomic_write_bytes(tmp / REASON_NAME, json.dumps(reason, indent=1, default=jsonable).encode())
     if os.path.lexists(dst):
         delete_run_folder(paths, dst)
     rename_durably(tmp, dst)
