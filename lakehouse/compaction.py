@@ -42,7 +42,7 @@ from lakehouse.errors import (
     UsageError,
     WarehouseError,
 )
-from lakehouse.fsio import fsync_dir, temp_name
+from lakehouse.fsio import delete_path, fsync_dir, fsync_file, link_or_copy, temp_name
 from lakehouse.layout import PARTITION_COLUMN, STAMP_PATTERN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
@@ -187,7 +187,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
                     report.published = True
                 report.seconds = time.monotonic() - started
                 return report
-            _fsync_file(tmp)  # the new file's bytes are on disk before any name points at it
+            fsync_file(tmp)  # the new file's bytes are on disk before any name points at it
             _refuse_leftover_wal(paths, tmp)
             _check_stop(stop)  # the last safe point: from here on nothing stops the swap
             backup = _backup(paths)
@@ -393,17 +393,7 @@ def _backup(paths: LakePaths) -> Path:
     """Keep the current file as ``backups/lake-<UTC time>.duckdb`` (a hard link: no copy)."""
     paths.backups.mkdir(parents=True, exist_ok=True)
     target = paths.backups / f"lake-{utc_stamp()}.duckdb"
-    try:
-        os.link(paths.warehouse, target)  # atomic, and free: the old inode lives on here
-    except OSError:
-        tmp = target.with_name(temp_name(target.name))  # no links here: copy, then rename
-        try:
-            shutil.copyfile(paths.warehouse, tmp)
-            _fsync_file(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    link_or_copy(paths.warehouse, target)  # a link is free: the old inode lives on here
     fsync_dir(paths.backups)  # the backup's name is durable before the swap may happen
     return target
 
@@ -424,10 +414,7 @@ def _prune_backups(paths: LakePaths, keep: int) -> list[str]:
 def _remove_temps(folder: Path, prefix: str) -> None:
     """Delete ``prefix*`` in ``folder``: a temp file with DuckDB's ``.wal`` and ``.tmp`` beside."""
     for path in folder.glob(f"{prefix}*"):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        delete_path(path)
 
 
 def _failure(exc: BaseException, paths: LakePaths, needed: int) -> CompactionError:
@@ -445,11 +432,6 @@ def _failure(exc: BaseException, paths: LakePaths, needed: int) -> CompactionErr
             "the warehouse is unchanged", path=str(paths.warehouse_dir))
     return CompactionError(f"compaction failed: {text}; the warehouse is unchanged; fix the "
                            "cause and run lake compact again", path=str(paths.warehouse))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _check_stop(stop: StopLike | None) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -58,6 +57,7 @@ from lakehouse.export_target import (
     ExportTarget,
     open_target,
 )
+from lakehouse.fsio import delete_path
 from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.ledger import utcnow
 from lakehouse.lock import WarehouseLock
@@ -221,7 +221,7 @@ def _write_export(wh: Warehouse, paths: LakePaths, source: Source, plan: Plan,
         sizes = target.file_sizes(export_id, files)
     except BaseException as exc:
         if staging is not None:
-            _remove_tree(staging)  # nothing points at it; the previous export is untouched
+            delete_path(staging)  # nothing points at it; the previous export is untouched
         if isinstance(exc, OSError | WarehouseError):
             raise ExportError(f"export of {source.table} to {target.display()} failed: {exc}; "
                               "the previous export is still the published one; fix that and "
@@ -423,14 +423,7 @@ def new_export_id(now: datetime | None = None) -> str:
 
 def _remove_local_temps(paths: LakePaths) -> None:
     for path in paths.warehouse_dir.glob(f"{LOCAL_TEMP_BASE}{TMP_MARKER}*"):
-        _remove_tree(path)
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+        delete_path(path)
 
 
 def _crash(crash_at: str | None, point: str) -> None:

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Callable
@@ -127,6 +128,15 @@ def _kind(mode: int) -> str:
 def temp_name(name: str) -> str:
     """The temp name a file is written under before its rename."""
     return f"{name}{TMP_MARKER}{uuid.uuid4().hex}"
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's bytes to disk, e.g. one another library wrote (DuckDB, a copy)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # flushes the file's dirty pages whichever descriptor wrote them
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -258,11 +268,7 @@ def finish_temp(tmp: Path, path: Path) -> None:
     rename, e.g. before a run's manifest is written.
     """
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # flushes the file's dirty pages whichever descriptor wrote them
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -316,3 +322,45 @@ def rename_durably(src: Path, dst: Path, *, sync: bool = True) -> None:
         fsync_dir(dst.parent)
         if src.parent != dst.parent:
             fsync_dir(src.parent)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst`` (atomic, and no bytes copied), or, where the file system
+    has no hard links, copy it to a temp name, fsync it and rename it to ``dst``: either way
+    ``dst`` appears complete or not at all. The caller fsyncs ``dst``'s folder."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_name(temp_name(dst.name))
+        try:
+            shutil.copyfile(src, tmp)
+            fsync_file(tmp)  # the copy's bytes are on disk before the name points at them
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def delete_path(path: str | Path, *, strict: bool = False) -> None:
+    """Delete a file, a link (never what it points at) or a folder with all it holds.
+
+    By default a path already gone is no error, and what of a folder cannot be deleted is
+    left for a later pass (temp files, trash). With ``strict`` a folder that cannot be
+    deleted whole, or a missing path, raises ``OSError``.
+    """
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=not strict)
+    else:
+        path.unlink(missing_ok=not strict)
+
+
+def delete_renamed(path: Path, aside: Path, *, sync: bool = True, strict: bool = False) -> None:
+    """Rename ``path`` to ``aside`` (a trash or temp name no reader looks at), then delete it
+    (:func:`delete_path`): a kill halfway through the delete leaves a half-deleted folder only
+    under ``aside``, never under the name readers use.
+
+    ``sync=False``: the caller fsyncs the parent folders itself, once for many deletes.
+    """
+    rename_durably(path, aside, sync=sync)
+    delete_path(aside, strict=strict)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, rename_durably
+from lakehouse.fsio import (
+    atomic_write,
+    atomic_write_bytes,
+    delete_path,
+    delete_renamed,
+    fsync_dir,
+    rename_durably,
+)
 from lakehouse.jsonable import jsonable
 from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, SYMLINK_NAME, TMP_MARKER, LakePaths
 
@@ -109,8 +115,7 @@ def delete_run_folder(paths: LakePaths, folder: Path, *, sync: bool = True) -> N
     """
     paths.trash.mkdir(parents=True, exist_ok=True)
     target = paths.trash / f"{folder.parent.name}--{folder.name}--{uuid.uuid4().hex[:8]}"
-    rename_durably(folder, target, sync=sync)
-    shutil.rmtree(target, ignore_errors=True)
+    delete_renamed(folder, target, sync=sync)
 
 
 def empty_trash(paths: LakePaths) -> int:
@@ -119,7 +124,7 @@ def empty_trash(paths: LakePaths) -> int:
         return 0
     count = 0
     for entry in paths.trash.iterdir():
-        shutil.rmtree(entry, ignore_errors=True)
+        delete_path(entry)
         count += 1
     return count
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from lakehouse.areas import ObjectArea, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.errors import StagingUnavailableError, UnsafeFileError
-from lakehouse.fsio import MARKER_MAX_BYTES, read_regular
+from lakehouse.fsio import MARKER_MAX_BYTES, delete_path, read_regular
 from lakehouse.layout import (
     ABANDONED_NAME,
     ARCHIVE_DIR,
@@ -184,10 +183,7 @@ def _temp_files(paths: LakePaths, now: datetime, grace: timedelta,
                 continue
             report.actions.append(CleanupAction("temp_file", _rel(paths, path), f"age {age}"))
             if not report.dry_run:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+                delete_path(path)
 
 
 def _abandoned_runs(config: LakeConfig, now: datetime,
