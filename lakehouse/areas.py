@@ -39,12 +39,14 @@ import pyarrow.parquet as pq
 
 from lakehouse import moves
 from lakehouse.config import LakeConfig
-from lakehouse.errors import LakehouseError
-from lakehouse.fsio import (
-    MARKER_MAX_BYTES,
+from lakehouse.errors import (
     FileTooLargeError,
     NotRegularFileError,
+    StagingUnavailableError,
     UnsafeFileError,
+)
+from lakehouse.fsio import (
+    MARKER_MAX_BYTES,
     bytes_digest,
     check_size,
     is_local,
@@ -52,6 +54,7 @@ from lakehouse.fsio import (
     read_regular,
     stream_digest,
 )
+from lakehouse.jsonable import jsonable
 from lakehouse.layout import (
     ARCHIVE_DIR,
     MANIFEST_NAME,
@@ -76,10 +79,6 @@ class StoredObject:
 
     size: int
     modified: float | None  # last-modified, seconds since the epoch, by the store's clock
-
-
-class StagingUnavailableError(LakehouseError):
-    """The object store holding staging could not be listed, read or written."""
 
 
 class StagingArea(Protocol):
@@ -460,7 +459,7 @@ class ObjectArea:
         if dst is None:
             return
         # The reason is in quarantine before the run leaves staging.
-        self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=str).encode())
+        self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=jsonable).encode())
         self._step("reason")
         self.delete_run(STAGING_DIR, table, run_id)
 
@@ -479,7 +478,7 @@ class ObjectArea:
                 break
             n += 1
         self.put(f"{dst}/{REJECTED_ROWS_NAME}", sink.getvalue().to_pybytes())
-        self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=str).encode())
+        self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=jsonable).encode())
 
     def empty_trash(self) -> int:
         """No trash on object stores: deletes are per object, and a half-deleted run keeps

@@ -30,15 +30,20 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
-from lakehouse.errors import LakehouseError, StopRequestedError, UsageError, WarehouseError
-from lakehouse.fsio import fsync_dir, temp_name
-from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
+from lakehouse.errors import (
+    CompactionError,
+    LakehouseError,
+    StopRequestedError,
+    UsageError,
+    WarehouseError,
+)
+from lakehouse.fsio import delete_path, fsync_dir, fsync_file, link_or_copy, temp_name
+from lakehouse.layout import PARTITION_COLUMN, STAMP_PATTERN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
@@ -47,17 +52,9 @@ CRASH_POINTS = ("after_lock", "after_copy", "after_verify", "after_backup", "aft
                 "before_publish")
 TEMP_BASE = "lake.compact.duckdb"  # temp files are TEMP_BASE + ".tmp-<uuid>" (+ DuckDB's .wal/.tmp)
 SOURCE = "compact_source"  # the catalog name the old file is attached under
-BACKUP_PATTERN = re.compile(r"^lake-\d{8}T\d{6}\.\d{6}Z\.duckdb$")
+BACKUP_PATTERN = re.compile(r"^lake-" + STAMP_PATTERN + r"\.duckdb$")
 HEADER_BYTES = 3 * 4096  # DuckDB's file header and two database headers precede the blocks
 _MIB = 1024 * 1024
-
-
-class CompactionError(LakehouseError):
-    """Compaction could not finish; the message says if the warehouse changed and what to do."""
-
-    def __init__(self, problem: str, *, path: str | None = None) -> None:
-        self.problem, self.path = problem, path
-        super().__init__(problem)
 
 
 class StopLike(Protocol):
@@ -190,7 +187,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
                     report.published = True
                 report.seconds = time.monotonic() - started
                 return report
-            _fsync_file(tmp)  # the new file's bytes are on disk before any name points at it
+            fsync_file(tmp)  # the new file's bytes are on disk before any name points at it
             _refuse_leftover_wal(paths, tmp)
             _check_stop(stop)  # the last safe point: from here on nothing stops the swap
             backup = _backup(paths)
@@ -395,19 +392,8 @@ def _columns(wh: Warehouse, catalog: str | None, schema: str, name: str) -> list
 def _backup(paths: LakePaths) -> Path:
     """Keep the current file as ``backups/lake-<UTC time>.duckdb`` (a hard link: no copy)."""
     paths.backups.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = paths.backups / f"lake-{stamp}.duckdb"
-    try:
-        os.link(paths.warehouse, target)  # atomic, and free: the old inode lives on here
-    except OSError:
-        tmp = target.with_name(temp_name(target.name))  # no links here: copy, then rename
-        try:
-            shutil.copyfile(paths.warehouse, tmp)
-            _fsync_file(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    target = paths.backups / f"lake-{utc_stamp()}.duckdb"
+    link_or_copy(paths.warehouse, target)  # a link is free: the old inode lives on here
     fsync_dir(paths.backups)  # the backup's name is durable before the swap may happen
     return target
 
@@ -428,10 +414,7 @@ def _prune_backups(paths: LakePaths, keep: int) -> list[str]:
 def _remove_temps(folder: Path, prefix: str) -> None:
     """Delete ``prefix*`` in ``folder``: a temp file with DuckDB's ``.wal`` and ``.tmp`` beside."""
     for path in folder.glob(f"{prefix}*"):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        delete_path(path)
 
 
 def _failure(exc: BaseException, paths: LakePaths, needed: int) -> CompactionError:
@@ -449,11 +432,6 @@ def _failure(exc: BaseException, paths: LakePaths, needed: int) -> CompactionErr
             "the warehouse is unchanged", path=str(paths.warehouse_dir))
     return CompactionError(f"compaction failed: {text}; the warehouse is unchanged; fix the "
                            "cause and run lake compact again", path=str(paths.warehouse))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _check_stop(stop: StopLike | None) -> None:

@@ -1,17 +1,23 @@
-"""The exception tree of Lake.
+"""The exception tree of Lake: every exception Lake defines lives here.
 
 Every error stores its fields and builds a one-line message that says what happened and
 what to do. Only ``loader/cli.py`` maps these to exit codes.
 
 ``RunRejectedError`` and its children are *terminal* for a run: the run is quarantined and
 never retried automatically. ``LockHeldError`` is *transient*: nothing moved, retry later.
+Three errors are not ``LakehouseError`` children, for their callers' sake:
+``ManifestFormatError`` and ``StagingError`` are ``ValueError`` children and
+``UnsafeFileError`` is an ``OSError``. Light (standard library and ``lakehouse.jsonable``
+only): producers import it.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from lakehouse.jsonable import jsonable
 
 
 class LakehouseError(Exception):
@@ -110,6 +116,26 @@ class StopRequestedError(LakehouseError):
             f"stopped by {signal_name} at a safe point; run the command again to go on")
 
 
+class StagingUnavailableError(LakehouseError):
+    """The object store holding staging could not be listed, read or written."""
+
+
+class CompactionError(LakehouseError):
+    """Compaction could not finish; the message says if the warehouse changed and what to do."""
+
+    def __init__(self, problem: str, *, path: str | None = None) -> None:
+        self.problem, self.path = problem, path
+        super().__init__(problem)
+
+
+class ExportError(LakehouseError):
+    """An export could not finish; the message says whether the published export changed."""
+
+    def __init__(self, problem: str, *, path: str | None = None) -> None:
+        self.problem, self.path = problem, path
+        super().__init__(problem)
+
+
 @dataclass
 class FailureRecord:
     """One failed check of one run, as stored in ``_reason.json`` and ``meta.asset_checks``."""
@@ -122,16 +148,7 @@ class FailureRecord:
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {"check": self.check, "column": self.column,
-                "failure_case": _jsonable(self.failure_case), "row": self.row}
-
-
-def _jsonable(value: Any) -> Any:
-    """A value strict JSON can hold: NaN and infinities become text, objects their str()."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+                "failure_case": jsonable(self.failure_case), "row": self.row}
 
 
 class RunRejectedError(LakehouseError):
@@ -187,6 +204,18 @@ class InvalidRunError(RunRejectedError):
     code = "invalid_run"
 
 
+class EmptyRunError(InvalidRunError):
+    """The run commits no rows."""
+
+    code = "empty_run"
+
+
+class InvalidColumnNameError(InvalidRunError):
+    """A column name is unsafe, reserved, or repeats another ignoring case."""
+
+    code = "invalid_column_name"
+
+
 class SchemaChangeError(RunRejectedError):
     """The run's columns differ from the table's in a way the contract does not allow."""
 
@@ -210,6 +239,13 @@ class KeyConflictError(RunRejectedError):
     """An ``append`` run repeats primary keys already in the table."""
 
     code = "key_conflict"
+
+
+class MergeFailedError(RunRejectedError):
+    """The warehouse refused the run's rows when merging them (e.g. a value DuckDB cannot
+    convert); the load isolated the run and goes on without it."""
+
+    code = "merge_failed"
 
 
 class RunIdReusedError(RunRejectedError):
@@ -250,3 +286,45 @@ def summarize_failures(failures: list[FailureRecord], total: int, shown: int = 3
     if total > listed:
         text += f" ... and {total - listed} more"
     return text
+
+
+class ManifestFormatError(ValueError):
+    """The manifest text is not a valid Lake manifest."""
+
+
+class StagingError(ValueError):
+    """A producer called the staging API with something it cannot stage."""
+
+
+class UnsafeFileError(OSError):
+    """A file Lake was asked to read is not one it will read (see ``fsio.read_regular``)."""
+
+    def __init__(self, path: str | Path, what: str, message: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.what = what  # what the file is, for a message naming it otherwise
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotRegularFileError(UnsafeFileError):
+    """The path is a symlink, a FIFO, a device, a socket or a folder, not a regular file."""
+
+    def __init__(self, path: str | Path, kind: str) -> None:
+        what = f"{kind}, not a regular file"
+        super().__init__(path, what, f"{path} is {what}; Lake never follows links or reads "
+                                     "special files: remove it, or stage the data again "
+                                     "with stage_run")
+        self.kind = kind
+
+
+class FileTooLargeError(UnsafeFileError):
+    """The file holds more bytes than the reader allows for it."""
+
+    def __init__(self, path: str | Path, size: int, max_bytes: int) -> None:
+        what = f"{size} bytes, more than the {max_bytes} allowed for it"
+        super().__init__(path, what, f"{path} is {what}")
+        self.size = size
+        self.max_bytes = max_bytes

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from typing import Any
 
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
-from lakehouse.errors import UsageError, WarehouseError
+from lakehouse.errors import ExportError, UsageError, WarehouseError
 from lakehouse.export_plan import (
     POINTER_FORMAT,
     Partition,
@@ -55,11 +54,11 @@ from lakehouse.export_target import (
     CURRENT_LINK,
     LOCAL_TEMP_BASE,
     POINTER_NAME,
-    ExportError,
     ExportTarget,
     open_target,
 )
-from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths
+from lakehouse.fsio import delete_path
+from lakehouse.layout import PARTITION_COLUMN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.ledger import utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
@@ -68,7 +67,6 @@ from lakehouse.publish import mark_publish_pending, publish_pending, publish_sna
 CRASH_POINTS = ("after_lock", "after_write", "before_pointer", "after_pointer", "after_record")
 DEFAULT_KEEP_VERSIONS = 2  # the current version and the one before (for readers mid-scan)
 FILE_PATTERN = "data_{i}"  # files are data_0.parquet, data_1.parquet, ... in each folder
-_ID_TIME = "%Y%m%dT%H%M%S.%fZ"
 
 _PARTITION_COLUMNS = ("export_id", "table_name", "target", "partition_value", "folder",
                       "action", "rows", "bytes", "files", "fingerprint", "written_by")
@@ -223,7 +221,7 @@ def _write_export(wh: Warehouse, paths: LakePaths, source: Source, plan: Plan,
         sizes = target.file_sizes(export_id, files)
     except BaseException as exc:
         if staging is not None:
-            _remove_tree(staging)  # nothing points at it; the previous export is untouched
+            delete_path(staging)  # nothing points at it; the previous export is untouched
         if isinstance(exc, OSError | WarehouseError):
             raise ExportError(f"export of {source.table} to {target.display()} failed: {exc}; "
                               "the previous export is still the published one; fix that and "
@@ -420,19 +418,12 @@ def _report_current(report: ExportReport, target: ExportTarget, pointer: dict[st
 
 def new_export_id(now: datetime | None = None) -> str:
     """An export id that sorts by time: ``<UTC time>-<8 hex>``."""
-    return f"{(now or datetime.now(UTC)).strftime(_ID_TIME)}-{secrets.token_hex(4)}"
+    return f"{utc_stamp(now)}-{secrets.token_hex(4)}"
 
 
 def _remove_local_temps(paths: LakePaths) -> None:
     for path in paths.warehouse_dir.glob(f"{LOCAL_TEMP_BASE}{TMP_MARKER}*"):
-        _remove_tree(path)
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+        delete_path(path)
 
 
 def _crash(crash_at: str | None, point: str) -> None:

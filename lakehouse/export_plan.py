@@ -14,8 +14,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from lakehouse.db import Warehouse, quote
-from lakehouse.errors import UsageError
-from lakehouse.export_target import ExportError, ExportTarget
+from lakehouse.errors import ExportError, UsageError
+from lakehouse.export_target import ExportTarget
 from lakehouse.layout import PARTITION_COLUMN, RUN_ID_COLUMN
 
 POINTER_FORMAT = "lake.export/1"

@@ -19,14 +19,22 @@ import errno
 import json
 import os
 import posixpath
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
-from lakehouse.errors import LakehouseError, UsageError
-from lakehouse.fsio import atomic_write_bytes, fsync_dir, is_local, temp_name
+from lakehouse.errors import ExportError, UsageError
+from lakehouse.fsio import (
+    atomic_write_bytes,
+    delete_path,
+    delete_renamed,
+    fsync_dir,
+    fsync_file,
+    is_local,
+    link_or_copy,
+    temp_name,
+)
 from lakehouse.layout import TMP_MARKER, LakePaths
 
 VERSIONS_DIR = "_v"
@@ -34,14 +42,6 @@ POINTER_NAME = "_latest.json"
 CURRENT_LINK = "current"
 LOCAL_TEMP_BASE = "export"  # object-store exports are written first to warehouse/export.tmp-<uuid>
 _NO_SYMLINKS = {errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
-
-
-class ExportError(LakehouseError):
-    """An export could not finish; the message says whether the published export changed."""
-
-    def __init__(self, problem: str, *, path: str | None = None) -> None:
-        self.problem, self.path = problem, path
-        super().__init__(problem)
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,11 @@ class ExportTarget:
                         carried: dict[str, str]) -> None:
         versions = Path(self.join(VERSIONS_DIR))
         for rel in written:  # DuckDB does not fsync what COPY writes
-            _fsync_file(staging / rel)
+            fsync_file(staging / rel)
         for rel, source in carried.items():
             dst = staging / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(versions / source, dst)
+            link_or_copy(versions / source, dst)  # no bytes copied where links exist
         for folder in sorted({(staging / rel).parent for rel in [*written, *carried]}):
             fsync_dir(folder)  # the files' names in their partition folders are durable
         fsync_dir(staging)
@@ -175,7 +175,7 @@ class ExportTarget:
             self.fs.put_file(str(staging / rel), posixpath.join(root, rel))
         for rel, source in carried.items():  # server-side copy: no download
             self.fs.copy(self.join(VERSIONS_DIR, source), posixpath.join(root, rel))
-        shutil.rmtree(staging, ignore_errors=True)
+        delete_path(staging)
 
     def file_sizes(self, export_id: str, files: Iterable[str]) -> dict[str, int]:
         """Sizes of files of a version (relative paths)."""
@@ -206,14 +206,13 @@ class ExportTarget:
         doomed = [name for name in self.versions() if name not in keep]
         for name in doomed:
             path = self.join(VERSIONS_DIR, name)
-            if self.local:
-                # Rename first: a kill halfway through rmtree must not leave a half-deleted
+            if self.local and TMP_MARKER in name:
+                delete_path(path, strict=True)
+            elif self.local:
+                # Rename first: a kill halfway through the delete must not leave a half-deleted
                 # folder under a version's name (the next export deletes the temp name).
-                if TMP_MARKER not in name:
-                    trash = Path(self.join(VERSIONS_DIR, temp_name(name)))
-                    os.rename(path, trash)
-                    path = str(trash)
-                shutil.rmtree(path)
+                delete_renamed(Path(path), Path(self.join(VERSIONS_DIR, temp_name(name))),
+                               sync=False, strict=True)
             else:
                 self.fs.rm(path, recursive=True)
         if doomed and self.local:
@@ -330,24 +329,3 @@ def _refuse_inside_staging_root(fs: Any, base: str, shown: str, staging_root: st
 def _protocols(fs: Any) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link an unchanged file into the new version (no bytes copied), or copy it where
-    the file system has no hard links."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        tmp = dst.with_name(temp_name(dst.name))
-        try:
-            shutil.copyfile(src, tmp)
-            _fsync_file(tmp)
-            os.replace(tmp, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

@@ -18,12 +18,14 @@ import errno
 import hashlib
 import io
 import os
+import shutil
 import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from lakehouse.errors import FileTooLargeError, NotRegularFileError
 from lakehouse.layout import TMP_MARKER
 
 HASH_NAME = "sha256"
@@ -33,40 +35,6 @@ _CHUNK = 1 << 20
 # commit a bigger manifest (``staging/writer.py``), so only a hand-made one is rejected.
 MARKER_MAX_BYTES = 8 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-
-class UnsafeFileError(OSError):
-    """A file Lake was asked to read is not one it will read (see :func:`read_regular`)."""
-
-    def __init__(self, path: str | Path, what: str, message: str) -> None:
-        super().__init__(message)
-        self.path = str(path)
-        self.what = what  # what the file is, for a message naming it otherwise
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class NotRegularFileError(UnsafeFileError):
-    """The path is a symlink, a FIFO, a device, a socket or a folder, not a regular file."""
-
-    def __init__(self, path: str | Path, kind: str) -> None:
-        what = f"{kind}, not a regular file"
-        super().__init__(path, what, f"{path} is {what}; Lake never follows links or reads "
-                                     "special files: remove it, or stage the data again "
-                                     "with stage_run")
-        self.kind = kind
-
-
-class FileTooLargeError(UnsafeFileError):
-    """The file holds more bytes than the reader allows for it."""
-
-    def __init__(self, path: str | Path, size: int, max_bytes: int) -> None:
-        what = f"{size} bytes, more than the {max_bytes} allowed for it"
-        super().__init__(path, what, f"{path} is {what}")
-        self.size = size
-        self.max_bytes = max_bytes
 
 
 def open_regular(path: str | Path) -> io.FileIO:
@@ -160,6 +128,15 @@ def _kind(mode: int) -> str:
 def temp_name(name: str) -> str:
     """The temp name a file is written under before its rename."""
     return f"{name}{TMP_MARKER}{uuid.uuid4().hex}"
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's bytes to disk, e.g. one another library wrote (DuckDB, a copy)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # flushes the file's dirty pages whichever descriptor wrote them
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -291,11 +268,7 @@ def finish_temp(tmp: Path, path: Path) -> None:
     rename, e.g. before a run's manifest is written.
     """
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # flushes the file's dirty pages whichever descriptor wrote them
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -349,3 +322,45 @@ def rename_durably(src: Path, dst: Path, *, sync: bool = True) -> None:
         fsync_dir(dst.parent)
         if src.parent != dst.parent:
             fsync_dir(src.parent)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` as ``dst`` (atomic, and no bytes copied), or, where the file system
+    has no hard links, copy it to a temp name, fsync it and rename it to ``dst``: either way
+    ``dst`` appears complete or not at all. The caller fsyncs ``dst``'s folder."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        tmp = dst.with_name(temp_name(dst.name))
+        try:
+            shutil.copyfile(src, tmp)
+            fsync_file(tmp)  # the copy's bytes are on disk before the name points at them
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def delete_path(path: str | Path, *, strict: bool = False) -> None:
+    """Delete a file, a link (never what it points at) or a folder with all it holds.
+
+    By default a path already gone is no error, and what of a folder cannot be deleted is
+    left for a later pass (temp files, trash). With ``strict`` a folder that cannot be
+    deleted whole, or a missing path, raises ``OSError``.
+    """
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=not strict)
+    else:
+        path.unlink(missing_ok=not strict)
+
+
+def delete_renamed(path: Path, aside: Path, *, sync: bool = True, strict: bool = False) -> None:
+    """Rename ``path`` to ``aside`` (a trash or temp name no reader looks at), then delete it
+    (:func:`delete_path`): a kill halfway through the delete leaves a half-deleted folder only
+    under ``aside``, never under the name readers use.
+
+    ``sync=False``: the caller fsyncs the parent folders itself, once for many deletes.
+    """
+    rename_durably(path, aside, sync=sync)
+    delete_path(aside, strict=strict)

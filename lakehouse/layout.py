@@ -48,8 +48,10 @@ RUN_ID_COLUMN = "_lake_run_id"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PRODUCER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_RUN_ID = re.compile(r"^(\d{8}T\d{6}\.\d{6}Z)-([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})-([0-9a-f]{8})$")
-_RUN_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+# The UTC time that starts run ids, backup, snapshot and export names, which sort by it.
+STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+STAMP_PATTERN = r"\d{8}T\d{6}\.\d{6}Z"  # what STAMP_FORMAT writes, as a regular expression
+_RUN_ID = re.compile(r"^(" + STAMP_PATTERN + r")-([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})-([0-9a-f]{8})$")
 
 
 def is_identifier(name: str) -> bool:
@@ -80,8 +82,13 @@ def new_run_id(producer: str, now: datetime | None = None) -> str:
             f"producer name {producer!r} is not allowed: use letters, digits, '_', '-', '.' "
             "(at most 64, starting with a letter, digit or '_')"
         )
-    when = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{when.strftime(_RUN_TIME_FORMAT)}-{producer}-{secrets.token_hex(4)}"
+    return f"{utc_stamp(now)}-{producer}-{secrets.token_hex(4)}"
+
+
+def utc_stamp(now: datetime | None = None) -> str:
+    """``now`` (the current time by default) in UTC as ``20261123T192453.123456Z``
+    (``STAMP_FORMAT``): the time in run ids and in backup, snapshot and export names."""
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime(STAMP_FORMAT)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The exactly-once ledger (``meta.staged_runs``, ``meta.staged_files``): reads and batched writes.
+"""The exactly-once ledger (``meta.staged_runs``, ``meta.staged_files``): its rows, reads and
+batched writes.
 
 A run's ledger row commits in the same transaction as its data rows. Recovery reads the
 ledger: a committed run found in the ledger with the manifest it recorded (its SHA-256)
@@ -7,6 +8,7 @@ only finishes its move out of staging (``loader/recovery.py`` decides).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +16,10 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse.db import Warehouse
+from lakehouse.jsonable import jsonable
+from lakehouse.layout import parse_run_id
+from lakehouse.manifest import Manifest
+from lakehouse.staged import RunRef
 
 STATUS_LOADED = "loaded"
 STATUS_QUARANTINED = "quarantined"
@@ -51,6 +57,53 @@ class LedgerEntry:
 def utcnow() -> datetime:
     """Naive UTC now (DuckDB TIMESTAMP columns hold UTC)."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None, status: str,
+               reason: dict[str, Any] | None, rows_loaded: int, rows_rejected: int,
+               load_id: str | None, now: datetime) -> dict[str, Any]:
+    """The ``meta.staged_runs`` row of a run a load loaded, quarantined or skipped (its
+    manifest is None when it could not be read)."""
+    row = _run_row(ref.table, ref.run_id, status, reason, now)
+    committed = None
+    if manifest is not None:
+        row["producer"] = manifest.producer
+        try:
+            committed = datetime.fromisoformat(manifest.committed_at).astimezone(UTC).replace(
+                tzinfo=None)
+        except (ValueError, OverflowError):  # a manifest's text, not ours to trust
+            committed = None
+    row.update({
+        "idempotency_key": manifest.key if manifest else None,
+        "manifest_sha256": manifest_sha,
+        "rows_staged": manifest.rows if manifest else None, "rows_loaded": rows_loaded,
+        "rows_rejected": rows_rejected, "bytes_staged": manifest.bytes if manifest else None,
+        "load_run_id": load_id, "committed_at": committed,
+    })
+    return row
+
+
+def abandoned_row(table: str, run_id: str, reason: dict[str, Any]) -> dict[str, Any]:
+    """The ``meta.staged_runs`` row of a run cleanup quarantines as abandoned: it never
+    committed, so nothing was staged, loaded or rejected."""
+    row = _run_row(table, run_id, STATUS_QUARANTINED, reason, utcnow())
+    row.update({"rows_staged": 0, "rows_loaded": 0, "rows_rejected": 0})
+    return row
+
+
+def _run_row(table: str, run_id: str, status: str, reason: dict[str, Any] | None,
+             now: datetime) -> dict[str, Any]:
+    """The columns every ledger row fills: the run, its status and reason, and what its id
+    says (producer, creation time; None for an id that is not one of ours)."""
+    parts = parse_run_id(run_id)
+    return {
+        "run_id": run_id, "table_name": table,
+        "producer": parts.producer if parts else None, "status": status,
+        "reason_code": reason.get("code") if reason else None,
+        "reason_json": json.dumps(reason, default=jsonable) if reason else None,
+        "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
+        "recorded_at": now,
+    }
 
 
 def ledger_entries(wh: Warehouse, runs: list[tuple[str, str]]

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from lakehouse.errors import ManifestFormatError
+
 MANIFEST_FORMAT = "lake.manifest/1"
 
 # Bounds on what a manifest may say, checked when it is parsed: a manifest is input from anyone
@@ -34,10 +36,6 @@ _LIST_FIELD = re.compile(r"list<[^:<>,]+: ")
 def normalize_type_text(type_text: str) -> str:
     """An Arrow type's text without list item field names, for comparing schemas."""
     return _LIST_FIELD.sub("list<", type_text)
-
-
-class ManifestFormatError(ValueError):
-    """The manifest text is not a valid Lake manifest."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakehouse.fsio import atomic_write, atomic_write_bytes, fsync_dir, rename_durably
+from lakehouse.fsio import (
+    atomic_write,
+    atomic_write_bytes,
+    delete_path,
+    delete_renamed,
+    fsync_dir,
+    rename_durably,
+)
+from lakehouse.jsonable import jsonable
 from lakehouse.layout import REASON_NAME, REJECTED_ROWS_NAME, SYMLINK_NAME, TMP_MARKER, LakePaths
 
 
@@ -54,7 +61,7 @@ def sync_folders(paths: LakePaths, tables: set[str]) -> None:
 def quarantine_run(paths: LakePaths, table: str, run_id: str, reason: dict[str, Any]) -> Path:
     """Write ``_reason.json`` into a staged run, then move the run whole to ``quarantine/``."""
     src = paths.staged_run(table, run_id)
-    text = json.dumps(reason, indent=1, default=str).encode()
+    text = json.dumps(reason, indent=1, default=jsonable).encode()
     dst = _free_name(paths.quarantined_run(table, run_id))
     if src.is_symlink():
         # Never write through a symlink (its target is outside our control): quarantine a
@@ -87,7 +94,7 @@ def quarantine_rejected_rows(paths: LakePaths, table: str, run_id: str, reason: 
     tmp = dst.with_name(f"{dst.name}{TMP_MARKER}{uuid.uuid4().hex}")
     tmp.mkdir()
     atomic_write(tmp / REJECTED_ROWS_NAME, lambda w: pq.write_table(rows, w))
-    atomic_write_bytes(tmp / REASON_NAME, json.dumps(reason, indent=1, default=str).encode())
+    atomic_write_bytes(tmp / REASON_NAME, json.dumps(reason, indent=1, default=jsonable).encode())
     if os.path.lexists(dst):
         delete_run_folder(paths, dst)
     rename_durably(tmp, dst)
@@ -108,8 +115,7 @@ def delete_run_folder(paths: LakePaths, folder: Path, *, sync: bool = True) -> N
     """
     paths.trash.mkdir(parents=True, exist_ok=True)
     target = paths.trash / f"{folder.parent.name}--{folder.name}--{uuid.uuid4().hex[:8]}"
-    rename_durably(folder, target, sync=sync)
-    shutil.rmtree(target, ignore_errors=True)
+    delete_renamed(folder, target, sync=sync)
 
 
 def empty_trash(paths: LakePaths) -> int:
@@ -118,7 +124,7 @@ def empty_trash(paths: LakePaths) -> int:
         return 0
     count = 0
     for entry in paths.trash.iterdir():
-        shutil.rmtree(entry, ignore_errors=True)
+        delete_path(entry)
         count += 1
     return count
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from lakehouse import __version__
 from lakehouse.db import Warehouse
+from lakehouse.jsonable import jsonable
 from lakehouse.ledger import insert_rows, utcnow
 
 ASSETS_SCHEMA = pa.schema([
@@ -73,7 +74,7 @@ class RunLogger:
             "started_at, storage_backend, args_json, app_version) "
             "VALUES (?, ?, ?, 'started', ?, 'duckdb', ?, ?)",
             [self.run_id, self.job_name, self.triggered_by, self.started_at,
-             json.dumps(self.args, default=str), __version__],
+             json.dumps(self.args, default=jsonable), __version__],
             action="recording the run start")
         return self
 
@@ -104,7 +105,7 @@ class RunLogger:
         if hi is not None and (row["max_event_ts"] is None or hi > row["max_event_ts"]):
             row["max_event_ts"] = hi
         if extra:
-            row["extra_json"] = json.dumps(extra, default=str)
+            row["extra_json"] = json.dumps(extra, default=jsonable)
         row["ended_at"] = now
         row["duration_ms"] = int((now - row["started_at"]).total_seconds() * 1000)
         self._dirty_assets.add(key)
@@ -117,7 +118,7 @@ class RunLogger:
             "check_id": str(uuid.uuid4()), "asset_key": asset_key, "partition_key": partition_key,
             "check_name": check_name, "severity": severity,
             "status": status or ("pass" if passed else "fail"), "checked_at": utcnow(),
-            "metrics_json": json.dumps(metrics, default=str) if metrics else None,
+            "metrics_json": json.dumps(metrics, default=jsonable) if metrics else None,
             "message": message, "run_id": self.run_id,
         })
 

@@ -24,14 +24,13 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
 from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import WarehouseError
 from lakehouse.fsio import fsync_dir, temp_name
-from lakehouse.layout import PUBLISH_PENDING_NAME, LakePaths
+from lakehouse.layout import PUBLISH_PENDING_NAME, LakePaths, utc_stamp
 
 SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "lake.read.", ".duckdb"
 # A superseded snapshot version is deleted by the first publish, load or cleanup this long
@@ -114,7 +113,7 @@ def publish_snapshot(paths: LakePaths) -> PublishResult:
     link, folder = paths.read_snapshot, paths.snapshots
     folder.mkdir(parents=True, exist_ok=True)
     remove_superseded_snapshots(paths)  # the current one stays: see above
-    name = f"{SNAPSHOT_PREFIX}{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}{SNAPSHOT_SUFFIX}"
+    name = f"{SNAPSHOT_PREFIX}{utc_stamp()}{SNAPSHOT_SUFFIX}"
     version, tmp = folder / name, folder / temp_name(name)
     link_tmp = link.with_name(temp_name(link.name))
     try:

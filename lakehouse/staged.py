@@ -19,16 +19,19 @@ import pyarrow.parquet as pq
 from lakehouse.config import LakeConfig
 from lakehouse.errors import (
     CorruptFileError,
+    EmptyRunError,
     FailureRecord,
+    FileTooLargeError,
+    InvalidColumnNameError,
     InvalidRunError,
     ManifestError,
+    ManifestFormatError,
+    NotRegularFileError,
     RunRejectedError,
     TooLargeError,
 )
 from lakehouse.fsio import (
     MARKER_MAX_BYTES,
-    FileTooLargeError,
-    NotRegularFileError,
     bytes_digest,
     read_regular,
 )
@@ -42,7 +45,7 @@ from lakehouse.layout import (
     is_temp_name,
     parse_run_id,
 )
-from lakehouse.manifest import Manifest, ManifestFormatError, normalize_type_text
+from lakehouse.manifest import Manifest, normalize_type_text
 
 _MARKERS = {MANIFEST_NAME, ABANDONED_NAME, REASON_NAME}
 # Files bigger than this are decoded with Arrow's column threads (measured: 1M rows, 20 MB,
@@ -52,18 +55,6 @@ _THREADED_DECODE_BYTES = 8 << 20
 # rows, its Arrow bytes summed as it goes (measured on 5M rows: 64k-row batches cost the same
 # as one read; 1k-row batches cost 4x).
 _STREAM_ROWS = 1 << 16
-
-
-class EmptyRunError(InvalidRunError):
-    """The run commits no rows."""
-
-    code = "empty_run"
-
-
-class InvalidColumnNameError(InvalidRunError):
-    """A column name is unsafe, reserved, or repeats another ignoring case."""
-
-    code = "invalid_column_name"
 
 
 @dataclass(frozen=True)

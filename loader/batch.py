@@ -7,9 +7,7 @@ transaction commits.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -17,10 +15,10 @@ import pyarrow as pa
 from lakehouse.config import TableContract
 from lakehouse.contracts import ValidationOutcome
 from lakehouse.db import Warehouse
-from lakehouse.errors import ContractViolation, RunRejectedError
-from lakehouse.layout import MANIFEST_NAME, parse_run_id
+from lakehouse.errors import ContractViolation, ManifestFormatError, RunRejectedError
+from lakehouse.layout import MANIFEST_NAME
 from lakehouse.ledger import loaded_checksums, loaded_keys
-from lakehouse.manifest import FileEntry, Manifest, ManifestFormatError
+from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.merge import partition_expression, schema_changes
 from lakehouse.staged import RunRef, VerifiedRun
 
@@ -150,33 +148,6 @@ def drop_rows_reason(ref: RunRef, run: Accepted) -> dict[str, Any]:
     reason["rows_loaded"] = run.data.num_rows
     reason["rows_rejected"] = 0 if run.rejected_rows is None else run.rejected_rows.num_rows
     return reason
-
-
-def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None, status: str,
-                reason: dict[str, Any] | None, rows_loaded: int, rows_rejected: int,
-                load_id: str | None, now: datetime) -> dict[str, Any]:
-    parts = parse_run_id(ref.run_id)
-    committed = None
-    if manifest is not None:
-        try:
-            committed = datetime.fromisoformat(manifest.committed_at).astimezone(UTC).replace(
-                tzinfo=None)
-        except (ValueError, OverflowError):  # a manifest's text, not ours to trust
-            committed = None
-    return {
-        "run_id": ref.run_id, "table_name": ref.table,
-        "producer": manifest.producer if manifest else (parts.producer if parts else None),
-        "idempotency_key": manifest.key if manifest else None,
-        "manifest_sha256": manifest_sha, "status": status,
-        "reason_code": reason.get("code") if reason else None,
-        "reason_json": json.dumps(reason, default=str) if reason else None,
-        "rows_staged": manifest.rows if manifest else None, "rows_loaded": rows_loaded,
-        "rows_rejected": rows_rejected, "bytes_staged": manifest.bytes if manifest else None,
-        "load_run_id": load_id,
-        "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
-        "committed_at": committed, "recorded_at": now,
-    }
-
 
 
 def schema_problem(contract: TableContract, run_columns: list[tuple[str, str]],

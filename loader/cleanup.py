@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -26,10 +25,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
+from lakehouse.areas import ObjectArea, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
-from lakehouse.fsio import MARKER_MAX_BYTES, UnsafeFileError, read_regular
+from lakehouse.errors import StagingUnavailableError, UnsafeFileError
+from lakehouse.fsio import MARKER_MAX_BYTES, delete_path, read_regular
 from lakehouse.layout import (
     ABANDONED_NAME,
     ARCHIVE_DIR,
@@ -37,9 +37,9 @@ from lakehouse.layout import (
     STAGING_DIR,
     LakePaths,
     is_temp_name,
-    parse_run_id,
+    run_id_of_folder,
 )
-from lakehouse.ledger import STATUS_QUARANTINED, record_runs, utcnow
+from lakehouse.ledger import abandoned_row, record_runs
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
@@ -124,7 +124,7 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
             if abandoned and not dry_run:
                 # A run already recorded is one whose move a crash interrupted: the ledger
                 # keeps its row (a second one would break the key); only the move is redone.
-                rows = [_abandoned_row(t, r, reason) for t, r, reason in abandoned
+                rows = [abandoned_row(t, r, reason) for t, r, reason in abandoned
                         if (t, r) not in accounted]
                 if rows:
                     # The ledger row commits before the run moves; a crash between the two
@@ -183,10 +183,7 @@ def _temp_files(paths: LakePaths, now: datetime, grace: timedelta,
                 continue
             report.actions.append(CleanupAction("temp_file", _rel(paths, path), f"age {age}"))
             if not report.dry_run:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+                delete_path(path)
 
 
 def _abandoned_runs(config: LakeConfig, now: datetime,
@@ -290,16 +287,6 @@ def _abandoned_objects(store: ObjectArea, config: LakeConfig, now: datetime,
     return found
 
 
-def _abandoned_row(table: str, run_id: str, reason: dict[str, Any]) -> dict[str, Any]:
-    parts = parse_run_id(run_id)
-    return {"run_id": run_id, "table_name": table,
-            "producer": parts.producer if parts else None, "status": STATUS_QUARANTINED,
-            "reason_code": "abandoned", "reason_json": json.dumps(reason, default=str),
-            "rows_staged": 0, "rows_loaded": 0, "rows_rejected": 0,
-            "created_at": parts.created_at.replace(tzinfo=None) if parts else None,
-            "recorded_at": utcnow()}
-
-
 def _ledger_times(wh: Any) -> dict[tuple[str, str], tuple[str, datetime]]:
     rows = wh.fetchall("SELECT table_name, run_id, status, recorded_at FROM meta.staged_runs",
                        action="reading the ledger")
@@ -320,7 +307,7 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
         for run_dir in sorted(table_dir.iterdir()):
             if is_temp_name(run_dir.name) or run_dir.is_symlink() or not run_dir.is_dir():
                 continue
-            run_id = run_dir.name if parse_run_id(run_dir.name) else _strip_suffix(run_dir.name)
+            run_id = run_id_of_folder(run_dir.name)
             entry = accounted.get((table_dir.name, run_id))
             if entry is None or entry[0] not in ("loaded", "skipped"):
                 report.kept.append(CleanupAction("expired_archive", _rel(paths, run_dir),
@@ -335,12 +322,6 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
                 delete_run_folder(paths, run_dir)
 
 
-def _strip_suffix(name: str) -> str:
-    """``<run_id>.N`` (a second folder of the same run) back to ``<run_id>``."""
-    head, _, tail = name.rpartition(".")
-    return head if tail.isdigit() and parse_run_id(head) else name
-
-
 def _expired_objects(store: ObjectArea, config: LakeConfig,
                      accounted: dict[tuple[str, str], tuple[str, datetime]], now: datetime,
                      report: CleanupReport, crash: Callable[[str], None]) -> None:
@@ -352,7 +333,7 @@ def _expired_objects(store: ObjectArea, config: LakeConfig,
         if is_temp_name(name):
             continue
         folder = store.folder(ARCHIVE_DIR, table, name)
-        run_id = name if parse_run_id(name) else _strip_suffix(name)
+        run_id = run_id_of_folder(name)
         entry = accounted.get((table, run_id))
         if entry is None or entry[0] not in ("loaded", "skipped"):
             report.kept.append(CleanupAction("expired_archive", store.url(folder),

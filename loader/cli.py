@@ -17,8 +17,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from lakehouse.errors import (
     StopRequestedError,
     UsageError,
 )
+from lakehouse.jsonable import json_default
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED, EXIT_BUSY = 0, 1, 2, 3, 75
 CRASH_ENV = "LAKE_TEST_CRASH_AT"  # testing only: SIGKILL the loader at a named point
@@ -149,17 +149,7 @@ def errors_to_exit() -> Iterator[None]:
 
 def emit_json(data: Any) -> None:
     """Print data as JSON (dates and decimals as text)."""
-    click.echo(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
+    click.echo(json.dumps(data, indent=2, default=json_default))
 
 
 def lock_timeout_option(f: Any) -> Any:
@@ -382,7 +372,7 @@ def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> No
         report = audit_lake(obj.config())
         if out is not None:
             atomic_write_bytes(out, json.dumps(report.payload, indent=2,
-                                               default=_json_default).encode())
+                                               default=json_default).encode())
     if as_json:
         emit_json(report.payload)
     else:
@@ -565,13 +555,13 @@ def _json_row_writer(columns: list[str]) -> Callable[[tuple[Any, ...]], str]:
     and empty rows take json.dumps's own path, so the text is always what it would write."""
     if not columns or len(set(columns)) != len(columns):
         return lambda r: "  " + json.dumps(dict(zip(columns, r, strict=True)), indent=2,
-                                           default=_json_default).replace("\n", "\n  ")
+                                           default=json_default).replace("\n", "\n  ")
     keys = ["    " + json.dumps(c) + ": " for c in columns]
-    flat = json.JSONEncoder(default=_json_default).encode
+    flat = json.JSONEncoder(default=json_default).encode
 
     def value(v: Any) -> str:
         if isinstance(v, list | tuple | dict) and v:
-            return json.dumps(v, indent=2, default=_json_default).replace("\n", "\n    ")
+            return json.dumps(v, indent=2, default=json_default).replace("\n", "\n    ")
         return flat(v)
 
     return lambda r: "  {\n" + ",\n".join(k + value(v) for k, v in zip(keys, r, strict=True)) \

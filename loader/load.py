@@ -44,6 +44,7 @@ from lakehouse.errors import (
     KeyConflictError,
     LoadAbortedError,
     ManifestError,
+    MergeFailedError,
     RunRejectedError,
     SchemaChangeError,
     WarehouseError,
@@ -58,6 +59,7 @@ from lakehouse.ledger import (
     LedgerEntry,
     forget_runs,
     ledger_entries,
+    ledger_row,
     record_files,
     record_runs,
     utcnow,
@@ -91,7 +93,6 @@ from loader.batch import (
     drop_files,
     drop_rows_reason,
     find_repeats,
-    ledger_row,
     lookup_loaded,
     peek_manifest,
     remember,
@@ -399,9 +400,8 @@ class _Loader:
         """Bisect a batch whose merge failed on its data, to quarantine only the bad run."""
         if len(batch.accepted) == 1:
             run = batch.accepted[0]
-            error = RunRejectedError(run.verified.ref.table, run.verified.ref.run_id,
+            error = MergeFailedError(run.verified.ref.table, run.verified.ref.run_id,
                                      f"the warehouse refused its rows: {exc.detail}")
-            error.code = "merge_failed"
             batch.rejected.append((run.verified.ref, error, run.verified.manifest,
                                    run.verified.manifest_sha256))
             batch.accepted = []

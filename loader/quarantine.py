@@ -35,10 +35,9 @@ import pyarrow.parquet as pq
 from lakehouse.areas import ObjectArea, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
-from lakehouse.errors import UsageError
+from lakehouse.errors import UnsafeFileError, UsageError
 from lakehouse.fsio import (
     MARKER_MAX_BYTES,
-    UnsafeFileError,
     atomic_write,
     atomic_write_bytes,
     bytes_digest,
@@ -58,7 +57,7 @@ from lakehouse.layout import (
     LakePaths,
     is_temp_name,
     new_run_id,
-    parse_run_id,
+    run_id_of_folder,
 )
 from lakehouse.ledger import forget_run
 from lakehouse.lock import WarehouseLock
@@ -255,7 +254,7 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
                 _stage_rejected_rows(paths, q.table, run_id, source)
         return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind,
                             dry_run)
-    run_id = _run_id_of(source.name)
+    run_id = run_id_of_folder(source.name)
     target = paths.staged_run(q.table, run_id)
     if target.exists():
         raise UsageError(f"{target.relative_to(paths.root)} already exists in staging")
@@ -325,7 +324,7 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
                 _stage_rejected_objects(store, q.table, run_id, name, crash)
         return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
     manifest = store.digest_or_none(f"{source}/{MANIFEST_NAME}")
-    run_id = _run_id_of(name)
+    run_id = run_id_of_folder(name)
     target = store.folder(STAGING_DIR, q.table, run_id)
     _check_target(store, q.table, run_id, manifest)
     if not dry_run:
@@ -363,21 +362,6 @@ def _forget(paths: LakePaths, table: str, run_id: str, lock_timeout: float) -> N
         wh.checkpoint()
     finally:
         wh.close()
-
-
-def _run_id_of(folder_name: str) -> str:
-    """The run id a quarantined run had in staging: its folder's name, without the ``.N``
-    that a second quarantine of the same id added.
-
-    Never the manifest's run id: a manifest that names another run (or no valid one) may be
-    exactly why the run was quarantined, and replaying under that name would send the
-    rejected run's rows into the table under someone else's id, or leave quarantine without
-    a trace (found by the chaos runner).
-    """
-    head, _, tail = folder_name.rpartition(".")
-    if tail.isdigit() and parse_run_id(head) is not None:
-        return head
-    return folder_name
 
 
 def _check_target(store: ObjectArea, table: str, run_id: str, manifest: str | None) -> None:

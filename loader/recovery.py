@@ -27,11 +27,11 @@ import os
 from dataclasses import dataclass
 
 from lakehouse.areas import StagingArea
-from lakehouse.errors import RunIdReusedError, RunRejectedError
+from lakehouse.errors import ManifestFormatError, RunIdReusedError, RunRejectedError
 from lakehouse.fsio import bytes_digest
 from lakehouse.layout import ABANDONED_NAME, MANIFEST_NAME, REASON_NAME, is_temp_name
 from lakehouse.ledger import STATUS_LOADED, STATUS_QUARANTINED, LedgerEntry
-from lakehouse.manifest import Manifest, ManifestFormatError
+from lakehouse.manifest import Manifest
 from lakehouse.staged import RunRef, read_run_file
 
 FINISH = "finish"  # the run the ledger recorded: only finish its move

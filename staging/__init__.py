@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
-from staging.writer import StagedRun, StagingError, stage, stage_run, to_arrow
+from lakehouse.errors import StagingError
+from staging.writer import StagedRun, stage, stage_run, to_arrow
 
 __all__ = ["StagedRun", "StagingError", "stage", "stage_run", "to_arrow"]

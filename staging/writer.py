@@ -22,6 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakehouse.errors import StagingError
 from lakehouse.fsio import (
     MARKER_MAX_BYTES,
     atomic_write,
@@ -59,10 +60,6 @@ COMPRESSIONS = ("snappy", "zstd", "lz4", "gzip", "brotli", "none")
 # file object costs ~0.6 ms more per 1.3 MB file, and the hash (~0.7 ms) then overlaps the
 # fsync instead of preceding it. Bigger tables stream, so memory stays ~one table.
 BUFFER_MAX_BYTES = 64 << 20
-
-
-class StagingError(ValueError):
-    """A producer called the staging API with something it cannot stage."""
 
 
 class StagedRun:

@@ -27,11 +27,10 @@ from conftest import Lake, make_root
 
 from lakehouse.compaction import (
     CRASH_POINTS,
-    CompactionError,
     CompactionReport,
     compact_warehouse,
 )
-from lakehouse.errors import LockHeldError, StopRequestedError
+from lakehouse.errors import CompactionError, LockHeldError, StopRequestedError
 
 PROCS = Path(__file__).resolve().parent / "compaction_procs.py"
 KEYS, LOADS = 20_000, 20

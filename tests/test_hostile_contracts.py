@@ -30,8 +30,7 @@ from test_config import BASE, assert_config_error, lake_with
 
 from lakehouse.config import load_config
 from lakehouse.contracts import resolve_schema
-from staging import stage
-from staging.writer import StagingError
+from staging import StagingError, stage
 
 SENSORS = pa.table({"sensor": ["s-1"], "celsius": [1.0]})
 

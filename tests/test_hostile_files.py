@@ -105,7 +105,8 @@ def test_read_regular_refuses_what_is_not_a_small_regular_file(tmp_path: Path,
 
 
 def test_read_regular_reads_a_file_up_to_its_cap(tmp_path: Path) -> None:
-    from lakehouse.fsio import FileTooLargeError, read_regular
+    from lakehouse.errors import FileTooLargeError
+    from lakehouse.fsio import read_regular
 
     path = tmp_path / "f"
     path.write_bytes(b"y" * 1024)
