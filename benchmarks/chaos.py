@@ -44,13 +44,11 @@ from typing import Any
 
 from benchmarks.chaos_check import Checker
 from benchmarks.chaos_lake import MAX_PID, TABLES, Journal, Plan, good_rows, write_lake_files
+from lakehouse import failpoints
 
 REPO = Path(__file__).resolve().parent.parent
-CRASH_ENV = "LAKE_TEST_CRASH_AT"
-LOAD_CRASH_POINTS = ("after_lock", "after_verify", "before_commit", "after_commit",
-                     "mid_archive", "after_archive", "before_publish")
-COMPACT_CRASH_POINTS = ("after_lock", "after_copy", "after_verify", "after_backup", "after_swap",
-                        "before_publish")
+LOAD_CRASH_POINTS = failpoints.named("load")  # load.after_lock, ... (lakehouse/failpoints.py)
+COMPACT_CRASH_POINTS = failpoints.named("compact")
 KILLED = -signal.SIGKILL
 # Exit codes each command may end with under chaos (besides being SIGKILLed by us).
 ALLOWED = {"load": {0, 3, 75}, "compact": {0, 75}, "cleanup": {0, 75}, "audit": {0},
@@ -65,7 +63,7 @@ class Call:
     args: list[str]
     rc: int
     seconds: float
-    crash_at: str | None = None
+    crash_point: str | None = None
     kill_after: float | None = None
     stderr: str = ""
     stdout: str = ""
@@ -82,7 +80,7 @@ class Call:
         if self.hung:
             return True
         if self.killed:
-            return self.kill_after is None and self.crash_at is None
+            return self.kill_after is None and self.crash_point is None
         if self.rc == -signal.SIGTERM and self.term_after is not None:
             # Our SIGTERM while the interpreter was still starting, before any of `lake`'s
             # code ran (it installs an exit-75 handler first thing): it did nothing, said
@@ -146,14 +144,14 @@ class Chaos:
             print(f"chaos: {message}", file=sys.stderr, flush=True)
 
     # -- commands -------------------------------------------------------------------------
-    def lake(self, command: str, *args: str, crash_at: str | None = None,
+    def lake(self, command: str, *args: str, crash_point: str | None = None,
              kill_after: float | None = None, term_after: float | None = None,
              record: bool = True) -> Call:
         """Run `lake --root R <command> <args>`; SIGKILL it after ``kill_after`` seconds, or
         SIGTERM it after ``term_after`` seconds."""
         env = dict(self.env)
-        if crash_at:
-            env[CRASH_ENV] = crash_at
+        if crash_point:
+            env[failpoints.ENVIRONMENT_VARIABLE] = crash_point
         argv = [sys.executable, "-m", "loader.cli", "--root", str(self.root), command, *args]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -176,7 +174,7 @@ class Chaos:
             hung = hung or signalled is None
         if hung:
             err += "\n(chaos: killed after 900 s: hung)"
-        call = Call(command, list(args), proc.returncode, time.monotonic() - started, crash_at,
+        call = Call(command, list(args), proc.returncode, time.monotonic() - started, crash_point,
                     kill_after if proc.returncode == KILLED else None, err[-3000:], out,
                     term_after, hung)
         if record:
@@ -186,7 +184,7 @@ class Chaos:
                                       "stdout": call.stdout[:2000]}) + "\n")
         if call.killed and call.kill_after is not None:
             self.stats.kills[f"{command} (random moment)"] += 1
-        elif call.killed and crash_at:
+        elif call.killed and crash_point:
             self.stats.kills[f"{command} (crash point)"] += 1
         elif term_after is not None and call.rc == 75:
             self.stats.kills[f"{command} (SIGTERM, stopped at a safe point)"] += 1
@@ -194,7 +192,7 @@ class Chaos:
             self.stats.kills[f"{command} (SIGTERM while Python starts)"] += 1
         if call.unexpected:
             self.say(f"UNEXPECTED: lake {command} {' '.join(args)} exit {call.rc}"
-                     f"{' at ' + crash_at if crash_at else ''}: {err.strip()[-600:]}")
+                     f"{' at ' + crash_point if crash_point else ''}: {err.strip()[-600:]}")
         return call
 
     # -- setup ----------------------------------------------------------------------------
@@ -251,9 +249,9 @@ class Chaos:
     def loader_loop(self, rng: random.Random) -> None:
         while not self.stop.is_set():
             r = rng.random()
-            crash_at = kill_after = term_after = None
+            crash_point = kill_after = term_after = None
             if r < 0.12:
-                crash_at = rng.choice(LOAD_CRASH_POINTS)
+                crash_point = rng.choice(LOAD_CRASH_POINTS)
             elif r < 0.35:
                 kill_after = rng.uniform(0.05, 3.0)
             elif r < 0.40:
@@ -266,25 +264,25 @@ class Chaos:
                 args += ["--table", rng.choice(TABLES)]
             elif extra < 0.18:
                 args += ["--dry-run"]
-            self.lake("load", *args, crash_at=crash_at, kill_after=kill_after,
+            self.lake("load", *args, crash_point=crash_point, kill_after=kill_after,
                       term_after=term_after)
             self.stop.wait(rng.uniform(0, 0.6))
 
     def maintenance_loop(self, rng: random.Random) -> None:
         while not self.stop.wait(rng.uniform(3, 10)):
             what = rng.choice(["compact", "cleanup", "cleanup", "audit", "replay", "load"])
-            crash_at = kill_after = None
+            crash_point = kill_after = None
             r = rng.random()
             if what == "compact" and r < 0.2:
-                crash_at = rng.choice(COMPACT_CRASH_POINTS)
+                crash_point = rng.choice(COMPACT_CRASH_POINTS)
             elif what != "audit" and r < 0.45:
                 kill_after = rng.uniform(0.1, 3.0)
             if what == "compact":
                 # Half of them --force: a lake with little churn would otherwise rarely
                 # reach the backup and the swap (a rebuild that is not smaller is dropped).
-                force = ["--force"] if crash_at or rng.random() < 0.5 else []
+                force = ["--force"] if crash_point or rng.random() < 0.5 else []
                 self.lake("compact", "--json", "--keep-backups", "2", "--lock-timeout", "5",
-                          *force, crash_at=crash_at, kill_after=kill_after)
+                          *force, crash_point=crash_point, kill_after=kill_after)
             elif what == "cleanup":
                 self.lake("cleanup", "--json", "--grace-minutes", "1", "--lock-timeout", "5",
                           kill_after=kill_after)
@@ -435,7 +433,7 @@ class Chaos:
         for call in self.calls:
             if call.unexpected:
                 commands.fail(f"lake {call.command} {' '.join(call.args)}"
-                              f"{' at ' + call.crash_at if call.crash_at else ''}: exit "
+                              f"{' at ' + call.crash_point if call.crash_point else ''}: exit "
                               f"{call.rc}: {call.stderr.strip()[-400:]}")
         checker_checks = [c.as_dict() for c in checker.checks.values()]
         result.update(self.figures(figures, readers))

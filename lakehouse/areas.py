@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakehouse import moves
+from lakehouse import failpoints, moves
 from lakehouse.config import LakeConfig
 from lakehouse.errors import (
     FileTooLargeError,
@@ -163,13 +163,6 @@ class ObjectArea:
         self.fs = fs
         self.base = base.rstrip("/")
         self.description = description
-        # Tests only: called at named points of a move ("mid_copy", "copied", "reason",
-        # "mid_delete") so a crash test can SIGKILL the process exactly there.
-        self.step: Callable[[str], None] | None = None
-
-    def _step(self, point: str) -> None:
-        if self.step is not None:
-            self.step(point)
 
     @classmethod
     def at(cls, url: str, options: dict[str, Any] | None = None) -> ObjectArea:
@@ -427,7 +420,7 @@ class ObjectArea:
                 raise StagingUnavailableError(
                     f"cannot copy {self.url(src)}/{name}: {exc}; the run stays where it was, "
                     "run the command again when the store answers") from None
-            self._step("copied" if done == len(ordered) else "mid_copy")
+            failpoints.hit("store.copied" if done == len(ordered) else "store.mid_copy")
 
     def delete_run(self, kind: str, table: str, run_id: str) -> None:
         """Delete a run's objects, data first and the manifest last."""
@@ -443,7 +436,7 @@ class ObjectArea:
         for done, name in enumerate(ordered, start=1):
             self.remove([f"{folder}/{name}"])
             if done < len(ordered):
-                self._step("mid_delete")
+                failpoints.hit("store.mid_delete")
 
     def archive(self, table: str, run_id: str, *, retention_days: int,
                 sync: bool = True) -> None:
@@ -460,7 +453,7 @@ class ObjectArea:
             return
         # The reason is in quarantine before the run leaves staging.
         self.put(f"{dst}/{REASON_NAME}", json.dumps(reason, indent=1, default=jsonable).encode())
-        self._step("reason")
+        failpoints.hit("store.reason")
         self.delete_run(STAGING_DIR, table, run_id)
 
     def quarantine_rows(self, table: str, run_id: str, reason: dict[str, Any],

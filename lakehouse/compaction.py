@@ -26,13 +26,13 @@ import math
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lakehouse import failpoints
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
 from lakehouse.errors import (
@@ -48,8 +48,6 @@ from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 
-CRASH_POINTS = ("after_lock", "after_copy", "after_verify", "after_backup", "after_swap",
-                "before_publish")
 TEMP_BASE = "lake.compact.duckdb"  # temp files are TEMP_BASE + ".tmp-<uuid>" (+ DuckDB's .wal/.tmp)
 SOURCE = "compact_source"  # the catalog name the old file is attached under
 BACKUP_PATTERN = re.compile(r"^lake-" + STAMP_PATTERN + r"\.duckdb$")
@@ -127,7 +125,6 @@ def estimate_free_ratio(wh: Warehouse) -> float:
 def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups: int = 3,
                       force: bool = False, lock_timeout: float = 0.0,
                       stop: StopLike | None = None,
-                      crash_at: str | None = None,
                       progress: Callable[[str], None] | None = None) -> CompactionReport:
     """Rebuild the warehouse into a fresh file, verified, and swap it in keeping a backup.
 
@@ -138,7 +135,6 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             its partition order alone); without it such a rebuild is deleted, nothing changes.
         lock_timeout: seconds to wait for the warehouse lock (and DuckDB's file lock).
         stop: checked between tables and before the swap (never during it).
-        crash_at: testing only: SIGKILL this process at the named point (``CRASH_POINTS``).
         progress: called with one line per step.
 
     Raises:
@@ -156,7 +152,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
     started = time.monotonic()
     report = CompactionReport(dry_run=dry_run)
     with WarehouseLock(paths, "lake compact", lock_timeout):
-        _crash(crash_at, "after_lock")
+        failpoints.hit("compact.after_lock")
         # Under the lock no other compaction runs: any compaction temp is a killed one's.
         _remove_temps(paths.warehouse_dir, TEMP_BASE + TMP_MARKER)
         usage = _checkpoint_and_measure(paths, lock_timeout)
@@ -174,7 +170,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             return report
         tmp = paths.warehouse_dir / temp_name(TEMP_BASE)
         try:
-            report.tables = _rebuild(paths, tmp, stop, crash_at, say)
+            report.tables = _rebuild(paths, tmp, stop, say)
             report.size_after = size_after = tmp.stat().st_size
             if not force and size_after >= report.size_before:
                 _remove_temps(tmp.parent, tmp.name)
@@ -199,7 +195,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             raise
         report.backup = str(backup.relative_to(paths.root))
         say(f"backup {report.backup}")
-        _crash(crash_at, "after_backup")
+        failpoints.hit("compact.after_backup")
         # Before the swap: note that the snapshot must follow, so that if we die between the
         # swap and the publish, the next writer (load, cleanup, compaction) republishes.
         mark_publish_pending(paths)
@@ -213,11 +209,11 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         fsync_dir(paths.warehouse_dir)  # make the rename itself durable
         report.swapped = True
         say(f"swapped: {_mib(report.size_before)} -> {_mib(report.size_after)}")
-        _crash(crash_at, "after_swap")
+        failpoints.hit("compact.after_swap")
         try:
             # Pruning comes after the swap, so a crash never leaves us short of the new backup.
             report.backups_pruned = _prune_backups(paths, keep_backups)
-            _crash(crash_at, "before_publish")
+            failpoints.hit("compact.before_publish")
             publish_snapshot(paths)  # readers see the compacted file; clears the pending note
             report.published = True
         except OSError as exc:
@@ -246,7 +242,7 @@ def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float) -> SpaceUsage
         wh.close()  # the copy attaches the file READ_ONLY: no read-write handle may remain
 
 
-def _rebuild(paths: LakePaths, tmp: Path, stop: StopLike | None, crash_at: str | None,
+def _rebuild(paths: LakePaths, tmp: Path, stop: StopLike | None,
              say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Copy every table into the fresh file ``tmp`` and verify it; return per-table checks."""
     new = open_warehouse(tmp)
@@ -264,10 +260,10 @@ def _rebuild(paths: LakePaths, tmp: Path, stop: StopLike | None, crash_at: str |
             _copy_table(new, schema, name, ddl, keys.get(name) if schema == "main" else None)
             say(f"copied {_label(schema, name)}")
         _copy_sql_objects(new)
-        _crash(crash_at, "after_copy")
+        failpoints.hit("compact.after_copy")
         checks = _verify(new, tables)
         say(f"verified {len(checks)} tables: row counts and checksums equal")
-        _crash(crash_at, "after_verify")
+        failpoints.hit("compact.after_verify")
         new.execute(f"DETACH {SOURCE}", action="detaching the warehouse")
         new.checkpoint()  # everything in the file itself: the WAL must not be left behind
         return checks
@@ -437,12 +433,6 @@ def _failure(exc: BaseException, paths: LakePaths, needed: int) -> CompactionErr
 def _check_stop(stop: StopLike | None) -> None:
     if stop is not None:
         stop.raise_if_set()
-
-
-def _crash(crash_at: str | None, point: str) -> None:
-    """Testing hook: die here, as a power cut or the OOM killer would."""
-    if crash_at == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _label(schema: str, name: str) -> str:

@@ -24,9 +24,7 @@ on the link and ``meta``. See ``docs/EXPORT.md``.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lakehouse import failpoints
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
 from lakehouse.errors import ExportError, UsageError, WarehouseError
@@ -64,7 +63,6 @@ from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 
-CRASH_POINTS = ("after_lock", "after_write", "before_pointer", "after_pointer", "after_record")
 DEFAULT_KEEP_VERSIONS = 2  # the current version and the one before (for readers mid-scan)
 FILE_PATTERN = "data_{i}"  # files are data_0.parquet, data_1.parquet, ... in each folder
 
@@ -82,7 +80,6 @@ class ExportOptions:
     dry_run: bool = False
     lock_timeout: float = 0.0
     keep_versions: int = DEFAULT_KEEP_VERSIONS
-    crash_at: str | None = None  # testing only: SIGKILL at one of CRASH_POINTS
 
 
 @dataclass
@@ -133,8 +130,6 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
     config.table(table)  # an undeclared table is a usage error before anything else
     if options.keep_versions < 1:
         raise UsageError(f"--keep-versions must be 1 or more, got {options.keep_versions}")
-    if options.crash_at is not None and options.crash_at not in CRASH_POINTS:
-        raise UsageError(f"unknown crash point {options.crash_at!r}; one of {CRASH_POINTS}")
     paths = config.paths
     if not paths.warehouse.is_file():
         raise UsageError(f"no warehouse at {paths.warehouse}: run `lake init` first")
@@ -147,7 +142,7 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
         report.seconds = time.monotonic() - started
         return report
     with WarehouseLock(paths, f"lake export {table}", options.lock_timeout):
-        _crash(options.crash_at, "after_lock")
+        failpoints.hit("export.after_lock")
         # Under the lock no other export runs: a local staging folder is a killed one's.
         _remove_local_temps(paths)
         wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
@@ -169,12 +164,12 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
             else:
                 current = _write_export(wh, paths, source, plan, pointer, target, options,
                                         report)
-                _crash(options.crash_at, "after_pointer")
+                failpoints.hit("export.after_pointer")
                 with _published(current, target):
                     if not target.link_current(current["export_id"]):
                         report.current = None  # no symlinks here: readers use the pointer
                     _record(wh, paths, target, pointer, current, started)
-                _crash(options.crash_at, "after_record")
+                failpoints.hit("export.after_record")
             wh.checkpoint()
         finally:
             wh.close()
@@ -213,7 +208,7 @@ def _write_export(wh: Warehouse, paths: LakePaths, source: Source, plan: Plan,
     try:
         staging = target.staging_folder(paths)
         written = _copy_partitions(wh, source, plan, staging, export_id)
-        _crash(options.crash_at, "after_write")
+        failpoints.hit("export.after_write")
         carried = {relative_path(p.folder, f): f"{previous_id}/{relative_path(p.folder, f)}"
                    for p in plan.carry for f in p.files}
         files = [relative_path(p.folder, f) for p in written for f in p.files]
@@ -245,7 +240,7 @@ def _write_export(wh: Warehouse, paths: LakePaths, source: Source, plan: Plan,
         "written": [p.folder for p in written], "removed": [p.folder for p in plan.remove],
         "versions": versions[: options.keep_versions],
     }
-    _crash(options.crash_at, "before_pointer")
+    failpoints.hit("export.before_pointer")
     # The commit point: the version is complete and durable before the pointer names it.
     try:
         target.write_pointer(doc)
@@ -424,9 +419,3 @@ def new_export_id(now: datetime | None = None) -> str:
 def _remove_local_temps(paths: LakePaths) -> None:
     for path in paths.warehouse_dir.glob(f"{LOCAL_TEMP_BASE}{TMP_MARKER}*"):
         delete_path(path)
-
-
-def _crash(crash_at: str | None, point: str) -> None:
-    """Testing hook: die here, as a power cut or the OOM killer would."""
-    if crash_at == point:
-        os.kill(os.getpid(), signal.SIGKILL)

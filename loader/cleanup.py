@@ -16,15 +16,13 @@ still looked for under the local root, which keeps the warehouse.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lakehouse import failpoints
 from lakehouse.areas import ObjectArea, StoredObject, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
@@ -52,9 +50,6 @@ from lakehouse.publish import (
 from lakehouse.staged import uncommitted_runs
 
 DEFAULT_GRACE = timedelta(hours=1)
-# Where a test may SIGKILL `lake cleanup` (LAKE_TEST_CRASH_AT). The ones after the first
-# happen only with staging in an object store, inside its copy-then-delete moves.
-CRASH_POINTS = ("after_record", "mid_copy", "copied", "reason", "mid_delete", "mid_expire")
 
 
 @dataclass
@@ -88,13 +83,11 @@ class CleanupReport:
 
 
 def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | None = None,
-                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0,
-                 crash_at: str | None = None) -> CleanupReport:
+                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0) -> CleanupReport:
     """Remove stray temp files, quarantine abandoned runs, delete archive past retention.
 
     Args:
         now: the time ages are measured against (tests pass a later one to make runs old).
-        crash_at: tests only: SIGKILL this process at the named point (``CRASH_POINTS``).
 
     Raises:
         LockHeldError: a load or compaction holds the warehouse.
@@ -106,13 +99,6 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
     report = CleanupReport(dry_run=dry_run)
     area = staging_area(config)
     store = area if isinstance(area, ObjectArea) else None
-
-    def crash(point: str) -> None:
-        if crash_at == point:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    if store is not None:
-        store.step = crash
     with WarehouseLock(paths, "lake cleanup", lock_timeout):
         _temp_files(paths, now, grace, report)
         abandoned = (_abandoned_runs(config, now, report) if store is None
@@ -132,13 +118,13 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
                     mark_publish_pending(paths)
                     with wh.transaction("recording abandoned runs"):
                         record_runs(wh, rows)
-                crash("after_record")
+                failpoints.hit("cleanup.after_record")
                 for table, run_id, reason in abandoned:
                     area.quarantine(table, run_id, reason)
             if store is None:
                 _expired_archive(config, accounted, now, report)
             else:
-                _expired_objects(store, config, accounted, now, report, crash)
+                _expired_objects(store, config, accounted, now, report)
             wh.checkpoint()
         finally:
             wh.close()
@@ -324,7 +310,7 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
 
 def _expired_objects(store: ObjectArea, config: LakeConfig,
                      accounted: dict[tuple[str, str], tuple[str, datetime]], now: datetime,
-                     report: CleanupReport, crash: Callable[[str], None]) -> None:
+                     report: CleanupReport) -> None:
     """Archived runs in the bucket loaded more than ``retention_days`` ago (by the ledger's
     time, as on local disk), and only those the ledger knows; deleted in bulk."""
     cutoff = now.replace(tzinfo=None) - timedelta(days=config.settings.retention_days)
@@ -351,7 +337,7 @@ def _expired_objects(store: ObjectArea, config: LakeConfig,
     # hold their manifest (and stay expired), which the next cleanup deletes.
     store.remove_many([f"{folder}/{name}" for folder, objects in doomed for name in objects
                        if name != MANIFEST_NAME])
-    crash("mid_expire")
+    failpoints.hit("cleanup.mid_expire")
     store.remove_many([f"{folder}/{MANIFEST_NAME}" for folder, objects in doomed
                        if MANIFEST_NAME in objects])
     # Bulk deletes report failures per key, and store clients may drop those reports.

@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from lakehouse import failpoints
 from lakehouse.errors import (
     ConfigError,
     LakehouseError,
@@ -34,7 +35,6 @@ from lakehouse.errors import (
 from lakehouse.jsonable import json_default
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED, EXIT_BUSY = 0, 1, 2, 3, 75
-CRASH_ENV = "LAKE_TEST_CRASH_AT"  # testing only: SIGKILL the loader at a named point
 
 
 class LakeContext:
@@ -78,7 +78,12 @@ def main() -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
     _exit_75_on_signals()
     try:
+        # Tests and make chaos only: LAKE_TEST_CRASH_AT names the point to SIGKILL at.
+        failpoints.arm_from_environment()
         code = _run()
+    except UsageError as exc:  # a crash point no code hits: the test itself is wrong
+        click.echo(f"lake: {exc}", err=True)
+        code = EXIT_USAGE
     except SystemExit as exc:  # the signal handler above, or a library's sys.exit
         code = exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None \
             else EXIT_ERROR
@@ -207,8 +212,7 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
     progress = _Progress(enabled=not as_json)
     options = LoadOptions(table=table, max_runs=max_runs, lock_timeout=lock_timeout,
                           dry_run=dry_run, progress=progress, on_discover=progress.start,
-                          stop=stop,
-                          crash_at=os.environ.get(CRASH_ENV) or None)
+                          stop=stop)
     try:
         with errors_to_exit(), _stop_on_signals(stop):
             config = obj.config()
@@ -401,7 +405,7 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
     with errors_to_exit(), _stop_on_signals(stop):
         report = compact_warehouse(
             obj.config(), dry_run=dry_run, keep_backups=keep_backups, force=force,
-            lock_timeout=lock_timeout, stop=stop, crash_at=os.environ.get(CRASH_ENV) or None,
+            lock_timeout=lock_timeout, stop=stop,
             progress=None if as_json else _log_line)
     data = report.as_dict()
     if as_json:
@@ -444,8 +448,7 @@ def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout:
 
     with errors_to_exit():
         report = cleanup_lake(obj.config(), dry_run=dry_run, lock_timeout=lock_timeout,
-                              grace=timedelta(minutes=grace_minutes),
-                              crash_at=os.environ.get(CRASH_ENV) or None)
+                              grace=timedelta(minutes=grace_minutes))
     if as_json:
         emit_json(report.as_dict())
         return
@@ -495,8 +498,7 @@ def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: f
     from loader.quarantine import replay_run
 
     with errors_to_exit():
-        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout,
-                            crash_at=os.environ.get(CRASH_ENV) or None)
+        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout)
     verb = "would move" if dry_run else "moved"
     what = "rejected rows of" if result.kind == "rejected_rows" else "run"
     click.echo(f"{verb} {what} {result.quarantined} -> {result.staged}; "

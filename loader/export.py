@@ -9,7 +9,6 @@ shared options are declared here with the same names, types and help as in cli.p
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -39,11 +38,10 @@ def export_command(obj: Any, table: str, to: str, full: bool, dry_run: bool,
     75 when the warehouse is busy.
     """
     from lakehouse.export import ExportOptions, export_table
-    from loader.cli import CRASH_ENV, emit_json, errors_to_exit
+    from loader.cli import emit_json, errors_to_exit
 
     options = ExportOptions(to=to, full=full, dry_run=dry_run, lock_timeout=lock_timeout,
-                            keep_versions=keep_versions,
-                            crash_at=os.environ.get(CRASH_ENV) or None)
+                            keep_versions=keep_versions)
     with errors_to_exit():
         report = export_table(obj.config(), table, options)
     if as_json:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakehouse import failpoints
 from lakehouse.areas import LocalArea, StagingArea, staging_area
 from lakehouse.config import LakeConfig, TableContract
 from lakehouse.contracts import (
@@ -103,9 +103,6 @@ from loader.dry_run import dry_run
 from loader.recovery import AFRESH, REUSED, Recovery, judge
 from loader.report import LoadOptions, LoadReport, RunOutcome, StopFlag, TableSummary
 
-CRASH_POINTS = ("after_lock", "after_verify", "before_commit", "after_commit", "mid_archive",
-                "after_archive", "before_publish")
-
 
 class _Loader:
     def __init__(self, config: LakeConfig, options: LoadOptions, wh: Warehouse,
@@ -126,11 +123,6 @@ class _Loader:
         # earlier loads' runs looked up batch by batch (``_lookup_ledger``).
         self.keys_seen: dict[str, str] = {}
         self.sums_seen: dict[str, str] = {}
-
-    # -- crash points (tests only) ------------------------------------------------------
-    def crash(self, point: str) -> None:
-        if self.options.crash_at == point:
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def emit(self, outcome: RunOutcome) -> None:
         self.report.runs.append(outcome)
@@ -206,7 +198,7 @@ class _Loader:
                 batch.rejected.append((ref, verified_or_error, peek_manifest(ref), None))
                 continue
             verified = verified_or_error
-            self.crash("after_verify")
+            failpoints.hit("load.after_verify")
             if batch.candidates and (
                     batch.schema != verified.data.schema
                     or batch.rows + verified.rows > settings.batch_max_rows
@@ -393,7 +385,7 @@ class _Loader:
                 raise
             self.flush(contract, batch)  # each round quarantines at least one run
             return
-        self.crash("after_commit")
+        failpoints.hit("load.after_commit")
         self._move(batch)
 
     def _isolate(self, contract: TableContract, batch: Batch, exc: WarehouseError) -> None:
@@ -565,12 +557,12 @@ class _Loader:
                 try:
                     self._log(contract, batch, stats)
                     self.logger.flush()
-                    self.crash("before_commit")
+                    failpoints.hit("load.before_commit")
                 except BaseException:
                     self.logger.rollback_to(mark)  # the transaction rolls back too
                     raise
             else:
-                self.crash("before_commit")
+                failpoints.hit("load.before_commit")
         self.changed = True
 
     def _ledger_rows(self, batch: Batch, load_id: str | None, now: Any
@@ -681,7 +673,7 @@ class _Loader:
             for done, future in enumerate(as_completed(futures)):
                 future.result()
                 if done == 0:
-                    self.crash("mid_archive")
+                    failpoints.hit("load.mid_archive")
 
     def _move(self, batch: Batch) -> None:
         """Ordering rule 4: runs leave staging only after their ledger rows committed."""
@@ -699,7 +691,7 @@ class _Loader:
             tables.add(ref.table)
             moved += 1
             if moved == 1 and isinstance(self.area, LocalArea):
-                self.crash("mid_archive")
+                failpoints.hit("load.mid_archive")
             self.emit(RunOutcome(ref.table, ref.run_id, "loaded", run.data.num_rows,
                                  0 if run.rejected_rows is None else run.rejected_rows.num_rows,
                                  "rows_dropped" if run.rejected_rows is not None else None,
@@ -736,8 +728,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         config.table(options.table)  # unknown table: a usage error before taking the lock
     SchemaRegistry(config).load_all()  # a broken contract fails every load with exit 2
     with WarehouseLock(paths, "lake load", options.lock_timeout):
-        if options.crash_at == "after_lock":
-            os.kill(os.getpid(), signal.SIGKILL)
+        failpoints.hit("load.after_lock")
         area = staging_area(config)
         area.empty_trash()  # a delete killed halfway left its folder here
         refs = area.discover(options.table)
@@ -786,9 +777,9 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
             _close_and_publish_after_failure(wh, paths, loader)
             raise
         wh.close()
-        loader.crash("after_archive")
+        failpoints.hit("load.after_archive")
         if loader.changed or publish_pending(paths):
-            loader.crash("before_publish")
+            failpoints.hit("load.before_publish")
             result = publish_snapshot(paths)
             report.published, report.publish_seconds = True, result.seconds
         else:
@@ -906,5 +897,5 @@ def _with_repeat_warning(outcome: ValidationOutcome, candidate: Candidate,
     return outcome
 
 
-__all__ = ["CRASH_POINTS", "LoadOptions", "LoadReport", "RunOutcome", "StopFlag",
+__all__ = ["LoadOptions", "LoadReport", "RunOutcome", "StopFlag",
            "TableSummary", "load_pending"]

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakehouse import failpoints
 from lakehouse.areas import ObjectArea, staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
@@ -65,11 +64,6 @@ from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder
 from lakehouse.publish import mark_publish_pending, publish_snapshot
-
-# Where a test may SIGKILL `lake quarantine replay` (LAKE_TEST_CRASH_AT), with staging in an
-# object store: inside the copy back to staging, after it, after the ledger forgot the run,
-# and inside the delete from quarantine.
-CRASH_POINTS = ("mid_copy", "copied", "after_forget", "mid_delete")
 
 
 @dataclass
@@ -217,11 +211,8 @@ class ReplayResult:
 
 
 def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
-               lock_timeout: float = 0.0, crash_at: str | None = None) -> ReplayResult:
+               lock_timeout: float = 0.0) -> ReplayResult:
     """Put a quarantined run (or its rejected rows) back into staging for the next load.
-
-    Args:
-        crash_at: tests only: SIGKILL this process at the named point (``CRASH_POINTS``).
 
     Raises:
         UsageError: no such quarantined run, several match, or it cannot be replayed.
@@ -244,7 +235,7 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
         raise UsageError(f"table {q.table!r} is not declared in lake.toml: declare it first")
     area = staging_area(config)
     if isinstance(area, ObjectArea):
-        return _replay_object(config, area, q, dry_run, lock_timeout, crash_at)
+        return _replay_object(config, area, q, dry_run, lock_timeout)
     source = paths.root / q.path
     if q.kind == "rejected_rows":
         run_id = new_run_id("replay")
@@ -306,13 +297,8 @@ def _stage_rejected_rows(paths: LakePaths, table: str, run_id: str, source: Path
 
 
 def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry_run: bool,
-                   lock_timeout: float, crash_at: str | None) -> ReplayResult:
+                   lock_timeout: float) -> ReplayResult:
     """``replay_run`` with staging in an object store: copy back, forget, delete."""
-    def crash(point: str) -> None:
-        if crash_at == point:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    store.step = crash
     paths = config.paths
     name = q.path.rsplit("/", 1)[1]
     source = store.folder(QUARANTINE_DIR, q.table, name)
@@ -321,7 +307,7 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
         target = store.folder(STAGING_DIR, q.table, run_id)
         if not dry_run:
             with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
-                _stage_rejected_objects(store, q.table, run_id, name, crash)
+                _stage_rejected_objects(store, q.table, run_id, name)
         return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
     manifest = store.digest_or_none(f"{source}/{MANIFEST_NAME}")
     run_id = run_id_of_folder(name)
@@ -342,7 +328,7 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
             # staging that the ledger calls quarantined: the next load puts it back in
             # quarantine (nothing lost), and a replay run first finishes this one.
             _forget(paths, q.table, run_id, lock_timeout)
-            crash("after_forget")
+            failpoints.hit("replay.after_forget")
             # 3. Delete from quarantine, the manifest last: a crash leaves a copy there that
             # a replay run again deletes (the staged copy has the same manifest).
             store.delete_objects(source, objects)
@@ -377,8 +363,7 @@ def _check_target(store: ObjectArea, table: str, run_id: str, manifest: str | No
         raise UsageError(f"{store.url(target)} already exists in staging")
 
 
-def _stage_rejected_objects(store: ObjectArea, table: str, run_id: str, name: str,
-                            crash: Callable[[str], None]) -> None:
+def _stage_rejected_objects(store: ObjectArea, table: str, run_id: str, name: str) -> None:
     """Stage ``_rejected_rows.parquet`` as a new committed run (data, then the manifest: two
     PUTs), then delete the quarantined rows. A replay killed after the manifest and run again
     stages the same bytes once more; the loader skips repeated content of an append table,
@@ -408,9 +393,10 @@ def _stage_rejected_objects(store: ObjectArea, table: str, run_id: str, name: st
                         extra={"replayed_from": store.url(source)})
     target = store.folder(STAGING_DIR, table, run_id)
     store.put(f"{target}/{data_name}", data)
-    crash("mid_copy")
+    # The store's own points: the run half copied, then whole (as in copy_objects).
+    failpoints.hit("store.mid_copy")
     store.put(f"{target}/{MANIFEST_NAME}", manifest.to_json())  # commits the run
-    crash("copied")
+    failpoints.hit("store.copied")
     # The rows now live in the new run. Delete them from quarantine last, after the reason:
     # a crash halfway leaves rows that are still listed and can be replayed again.
     store.delete_objects(source, objects, order=lambda n: (n == REJECTED_ROWS_NAME, n))

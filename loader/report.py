@@ -31,7 +31,6 @@ class LoadOptions:
     progress: Callable[[RunOutcome], None] | None = None  # called once per run handled
     on_discover: Callable[[int], None] | None = None  # called with the number of runs found
     stop: StopFlag = field(default_factory=StopFlag)
-    crash_at: str | None = None  # testing only: SIGKILL this process at the named point
 
 
 @dataclass

@@ -2,11 +2,12 @@
 
     python tests/compaction_procs.py hold-lock   ROOT   # hold the warehouse lock as `lake load`
     python tests/compaction_procs.py hold-duckdb ROOT   # hold lake.duckdb open read-only
-    python tests/compaction_procs.py compact     ROOT [CRASH_AT]
+    python tests/compaction_procs.py compact     ROOT [POINT]
 
 The holders print ``ready`` once they hold what they hold, then wait until their stdin closes
 (the test closes it, or kills them). ``compact`` runs the library function, optionally with a
-crash point, and prints the report as JSON.
+crash point armed (``compact.after_copy``: see lakehouse/failpoints.py), and prints the report
+as JSON.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ def hold_duckdb(root: Path) -> None:
         con.close()
 
 
-def compact(root: Path, crash_at: str | None) -> None:
-    """Run one compaction (it SIGKILLs itself at ``crash_at``)."""
+def compact(root: Path, point: str | None) -> None:
+    """Run one compaction (it SIGKILLs itself at the crash point ``point``)."""
+    from lakehouse import failpoints
     from lakehouse.compaction import compact_warehouse
     from lakehouse.config import load_config
 
-    report = compact_warehouse(load_config(root), crash_at=crash_at)
+    failpoints.arm(point)
+    report = compact_warehouse(load_config(root))
     print(json.dumps(report.as_dict()))
 
 

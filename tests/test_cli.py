@@ -506,3 +506,26 @@ def test_a_reader_of_the_snapshot_does_not_block_load(
     reader.stdin.write("again\n")
     reader.stdin.flush()
     assert first_line(reader) == "1"  # the old snapshot stays consistent for its reader
+
+
+# -- crash points (tests only: LAKE_TEST_CRASH_AT, real processes) ---------------------------
+@pytest.mark.parametrize("name", ["after_commit", "load.no_such_point", "load"])
+def test_an_unknown_crash_point_is_a_usage_error_before_any_command_runs(
+        lake: Lake, name: str) -> None:
+    """A short name from before the registry, a typo, a job name: exit 2 with one line that
+    lists the points, and the command never runs."""
+    run_id = lake.stage("logs", logs(1)).run_id
+    done = lake_cli(lake.root, "load", env={"LAKE_TEST_CRASH_AT": name})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"lake: unknown crash point {name!r}")
+    assert "load.after_commit" in done.stderr
+    assert done.stdout == ""
+    assert lake.staged("logs") == [run_id] and lake.ledger() == {}
+
+
+def test_a_crash_point_another_job_hits_leaves_this_one_alone(lake: Lake) -> None:
+    run_id = lake.stage("logs", logs(1)).run_id
+    done = lake_cli(lake.root, "load", env={"LAKE_TEST_CRASH_AT": "compact.after_lock"})
+    assert done.returncode == 0, done.stderr
+    assert lake.ledger() == {run_id: "loaded"}

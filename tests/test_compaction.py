@@ -25,8 +25,8 @@ import pyarrow as pa
 import pytest
 from conftest import Lake, make_root
 
+from lakehouse import failpoints
 from lakehouse.compaction import (
-    CRASH_POINTS,
     CompactionReport,
     compact_warehouse,
 )
@@ -208,7 +208,7 @@ def test_busy_warehouse_raises_lock_held_naming_the_holder(lake: Lake, holder: s
 
 
 # -- crashes -----------------------------------------------------------------------------
-@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("point", failpoints.named("compact"))
 def test_sigkill_at_each_point_leaves_a_working_warehouse(churn: Lake, point: str) -> None:
     before = queries(warehouse(churn))
     original = fingerprint(warehouse(churn))
@@ -218,14 +218,16 @@ def test_sigkill_at_each_point_leaves_a_working_warehouse(churn: Lake, point: st
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
     # lake.duckdb is the old file until the swap and the new one after, never anything else.
-    swapped = CRASH_POINTS.index(point) >= CRASH_POINTS.index("after_swap")
+    order = failpoints.named("compact")
+    swapped = order.index(point) >= order.index("compact.after_swap")
     assert (fingerprint(warehouse(churn)) == original) is not swapped
     assert queries(warehouse(churn)) == before
     assert queries(churn.root / "warehouse" / "lake.read.duckdb") == before
-    backed_up = CRASH_POINTS.index(point) >= CRASH_POINTS.index("after_backup")
+    backed_up = order.index(point) >= order.index("compact.after_backup")
     assert len(backups(churn)) == int(backed_up)
     # A killed rebuild leaves its temp file: the next compaction removes it.
-    assert bool(leftovers(churn)) is (point in ("after_copy", "after_verify", "after_backup"))
+    assert bool(leftovers(churn)) is (point in ("compact.after_copy", "compact.after_verify",
+                                               "compact.after_backup"))
 
     # After the swap a load with nothing to load still republishes the stale snapshot.
     churn.load()

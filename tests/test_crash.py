@@ -33,9 +33,8 @@ from chaos_procs import (
 )
 from conftest import LAKE_TOML, Lake, lake_cli, make_root
 
-from loader.load import CRASH_POINTS
+from lakehouse import failpoints
 
-CRASH_ENV = "LAKE_TEST_CRASH_AT"
 TABLES = ("plain", "logs", "events")  # append, keyed partitioned append, upsert
 RUNS_PER_TABLE = 4
 BATCH_MAX_RUNS = 2  # so one load spans several transactions per table
@@ -172,17 +171,17 @@ def load_json(root: Path, **env: str) -> dict[str, Any]:
 # -- the loader SIGKILLed at every named point -------------------------------------------------
 # How many runs have committed when the loader dies there: the load goes table by table
 # (plain first: it was staged first), BATCH_MAX_RUNS runs per transaction.
-COMMITTED_AT = {"after_lock": 0, "after_verify": 0, "before_commit": 0,
-                "after_commit": BATCH_MAX_RUNS, "mid_archive": BATCH_MAX_RUNS,
-                "after_archive": RUNS_PER_TABLE * len(TABLES),
-                "before_publish": RUNS_PER_TABLE * len(TABLES)}
+COMMITTED_AT = {"load.after_lock": 0, "load.after_verify": 0, "load.before_commit": 0,
+                "load.after_commit": BATCH_MAX_RUNS, "load.mid_archive": BATCH_MAX_RUNS,
+                "load.after_archive": RUNS_PER_TABLE * len(TABLES),
+                "load.before_publish": RUNS_PER_TABLE * len(TABLES)}
 
 
 def test_crash_points_are_the_ones_tested() -> None:
-    assert set(COMMITTED_AT) == set(CRASH_POINTS)
+    assert set(COMMITTED_AT) == set(failpoints.named("load"))
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("point", failpoints.named("load"))
 def test_sigkill_at_crash_point_then_load_finishes_exactly_once(tmp_path: Path,
                                                                 point: str) -> None:
     lk = crash_root(tmp_path)
@@ -191,7 +190,7 @@ def test_sigkill_at_crash_point_then_load_finishes_exactly_once(tmp_path: Path,
     snapshot = lk.root / "warehouse" / "lake.read.duckdb"
     published_before = snapshot.stat().st_ino
 
-    crashed = lake_cli(lk.root, "load", env={CRASH_ENV: point})
+    crashed = lake_cli(lk.root, "load", env={"LAKE_TEST_CRASH_AT": point})
     assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr)
 
     state = assert_all_or_none(lk.root, staged)
@@ -213,8 +212,8 @@ def test_sigkill_at_crash_point_then_load_finishes_exactly_once(tmp_path: Path,
     assert_exactly_once(lk.root, staged)
 
 
-@pytest.mark.parametrize("point", ["after_commit", "mid_archive", "after_archive",
-                                   "before_publish"])
+@pytest.mark.parametrize("point", ["load.after_commit", "load.mid_archive",
+                                   "load.after_archive", "load.before_publish"])
 def test_recovery_only_load_publishes_what_the_killed_load_committed(tmp_path: Path,
                                                                      point: str) -> None:
     """The killed load committed its only batch but never published; the next load has nothing
@@ -222,7 +221,7 @@ def test_recovery_only_load_publishes_what_the_killed_load_committed(tmp_path: P
     lk = crash_root(tmp_path)
     staged = Staged()
     stage_known(lk.root, staged, BATCH_MAX_RUNS, tables=("logs",))  # exactly one batch
-    crashed = lake_cli(lk.root, "load", env={CRASH_ENV: point})
+    crashed = lake_cli(lk.root, "load", env={"LAKE_TEST_CRASH_AT": point})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert set(assert_all_or_none(lk.root, staged).values()) == {"committed"}
     load_json(lk.root)
@@ -234,8 +233,8 @@ def test_sigkill_twice_in_a_row_then_load(tmp_path: Path) -> None:
     lk = crash_root(tmp_path)
     staged = Staged()
     stage_known(lk.root, staged, RUNS_PER_TABLE)
-    for point in ("after_commit", "mid_archive", "before_commit"):
-        proc = lake_cli(lk.root, "load", env={CRASH_ENV: point})
+    for point in ("load.after_commit", "load.mid_archive", "load.before_commit"):
+        proc = lake_cli(lk.root, "load", env={"LAKE_TEST_CRASH_AT": point})
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         assert_all_or_none(lk.root, staged)
     load_json(lk.root)

@@ -31,8 +31,9 @@ from click.testing import CliRunner
 from conftest import REPO, Lake, lake_cli, make_root
 from s3server import CREDENTIALS, S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
+from lakehouse import failpoints
 from lakehouse.errors import ConfigError, LockHeldError, UsageError
-from lakehouse.export import CRASH_POINTS, ExportOptions, ExportReport, export_table
+from lakehouse.export import ExportOptions, ExportReport, export_table
 from lakehouse.export_plan import hive_key
 from loader.cli import cli
 
@@ -629,7 +630,7 @@ def _check_converged(lake: Lake, to: Path) -> None:
     assert statuses.get(doc["export_id"]) in ("published", "recovered")
 
 
-@pytest.mark.parametrize("point", CRASH_POINTS)
+@pytest.mark.parametrize("point", failpoints.named("export"))
 def test_sigkill_at_each_point_keeps_the_previous_export_readable(lake: Lake, tmp_path: Path,
                                                                   point: str) -> None:
     to = tmp_path / "exports"
@@ -641,7 +642,7 @@ def test_sigkill_at_each_point_keeps_the_previous_export_readable(lake: Lake, tm
     doc = pointer(to)
     published = doc["export_id"] != old_doc["export_id"]
     # Before the pointer, the previous export is what every reader sees; after it, the new one.
-    assert published == (point in ("after_pointer", "after_record"))
+    assert published == (point in ("export.after_pointer", "export.after_record"))
     assert read_hive(to / "events" / doc["path"]) == (
         warehouse_events(lake) if published else old_rows)
     # The stable folder always resolves to a complete version.
@@ -653,7 +654,7 @@ def test_sigkill_at_each_point_keeps_the_previous_export_readable(lake: Lake, tm
     report = json.loads(again.stdout)
     assert report["up_to_date"] == published
     _check_converged(lake, to)
-    if point == "after_pointer":  # meta was one export behind: recovered from the pointer
+    if point == "export.after_pointer":  # meta was one export behind: recovered from the pointer
         assert meta(lake, "SELECT status FROM meta.exports WHERE export_id = "
                           f"'{doc['export_id']}'") == [("recovered",)]
 

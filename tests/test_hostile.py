@@ -264,7 +264,7 @@ CATALOGUE: tuple[Kind, ...] = (
     Kind("quarantined run fixed by hand and moved back", f"{_RUNIDS}::test_a_quarantined_run"
          "_fixed_by_hand_and_moved_back_loads[data]", "loads; its ledger row replaced"),
     Kind("reused id after SIGKILL between commit and move", f"{_RUNIDS}::test_sigkill_between"
-         "_commit_and_move_then_a_reused_id[after_commit]",
+         "_commit_and_move_then_a_reused_id[load.after_commit]",
          "genuine runs recovered once; the impostor quarantined: run_id_reused"),
     Kind("reused run id in an object store",
          f"{_RUNIDS}::test_reused_id_in_an_object_store_is_quarantined_and_kept",

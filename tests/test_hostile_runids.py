@@ -26,7 +26,7 @@ import pytest
 from conftest import LAKE_TOML, Lake, hand_run_id, lake_cli, make_root, write_run_by_hand
 from s3server import S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 from test_bad_input import events_table, readings_table
-from test_crash import CRASH_ENV, batched_toml
+from test_crash import batched_toml
 from test_hostile import CliLoad, WarehouseView, cli_load, good_table, temp_files
 
 LOGS = "logs"
@@ -192,7 +192,7 @@ def test_a_quarantine_move_cut_short_by_sigkill_ends_in_quarantine_once(tmp_path
     lake = lake_at(tmp_path)
     write_run_by_hand(lake.root, "events", RUN,
                       {"part-00000.parquet": events_table([1], kind="nope")})
-    killed = lake_cli(lake.root, "load", env={CRASH_ENV: "after_commit"})
+    killed = lake_cli(lake.root, "load", env={"LAKE_TEST_CRASH_AT": "load.after_commit"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert lake.staged("events") == [RUN] and lake.ledger() == {RUN: "quarantined"}
 
@@ -241,7 +241,7 @@ def test_reused_id_of_a_drop_rows_run_keeps_its_rejected_rows(tmp_path: Path) ->
 
 
 # -- crash, then a different manifest under the id -------------------------------------------
-@pytest.mark.parametrize("point", ["after_commit", "mid_archive"])
+@pytest.mark.parametrize("point", ["load.after_commit", "load.mid_archive"])
 def test_sigkill_between_commit_and_move_then_a_reused_id(tmp_path: Path, point: str) -> None:
     """A loader SIGKILLed between its commit and its moves leaves committed runs in staging.
     One of them is then replaced by another run under the same id: the genuine ones only
@@ -252,11 +252,11 @@ def test_sigkill_between_commit_and_move_then_a_reused_id(tmp_path: Path, point:
     runs = [hand_run_id(n, "crash") for n in (1, 2, 3, 4)]  # the first three: one batch
     for n, run_id in enumerate(runs, start=1):
         write_run_by_hand(lake.root, LOGS, run_id, {"part-00000.parquet": good_table(LOGS, n)})
-    killed = lake_cli(lake.root, "load", env={CRASH_ENV: point})
+    killed = lake_cli(lake.root, "load", env={"LAKE_TEST_CRASH_AT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert lake.ledger() == dict.fromkeys(runs[:3], "loaded")
     left = lake.staged(LOGS)
-    assert left == (runs if point == "after_commit" else runs[1:])
+    assert left == (runs if point == "load.after_commit" else runs[1:])
     genuine, reused = left[-3], runs[2]
     saved = tmp_path / "genuine"
     shutil.copytree(lake.root / "staging" / LOGS / genuine, saved)

@@ -26,15 +26,19 @@ from click.testing import CliRunner
 from conftest import LAKE_TOML, Lake, hand_run_id, holding_the_lock, lake_cli, make_root
 from s3server import S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
+from lakehouse import failpoints
 from lakehouse.audit import AUDIT_KEYS, AuditThresholds, audit_lake
-from loader.cleanup import CRASH_POINTS as CLEANUP_POINTS
 from loader.cleanup import cleanup_lake
 from loader.cli import cli
-from loader.quarantine import CRASH_POINTS as REPLAY_POINTS
 from loader.quarantine import list_quarantine, replay_run
 from staging import stage, stage_run
 
 PLAIN = '[tables.plain]\nmerge = "append"\nschema_evolution = "freeze"\n'
+# Where cleanup and replay can be killed: their own points, and those of the object store's
+# moves they make (replay writes no _reason.json, so it never reaches store.reason).
+CLEANUP_POINTS = (*failpoints.named("cleanup"), *failpoints.named("store"))
+REPLAY_POINTS = (*failpoints.named("replay"), "store.mid_copy", "store.copied",
+                 "store.mid_delete")
 
 
 def s3_lake(tmp_path: Path, s3: S3, lake: str = "", tables: str = LAKE_TOML) -> Lake:
@@ -327,7 +331,7 @@ def test_a_load_after_a_replay_killed_before_the_ledger_puts_the_run_back(
     lk, run_id = rejected_run(tmp_path, s3)
     allow_new_columns(lk)
     killed = lake_cli(lk.root, "quarantine", "replay", run_id,
-                      env={**s3.env, "LAKE_TEST_CRASH_AT": "copied"})
+                      env={**s3.env, "LAKE_TEST_CRASH_AT": "store.copied"})
     assert killed.returncode == -signal.SIGKILL
     assert [r.status for r in lk.load().runs] == ["recovered"]
     assert s3.keys("staging") == [] and s3.runs("quarantine", "plain") == [run_id]
@@ -346,7 +350,7 @@ def test_a_load_between_a_killed_replay_and_its_retry_loads_the_run_once(
     lk, run_id = rejected_run(tmp_path, s3)
     allow_new_columns(lk)
     killed = lake_cli(lk.root, "quarantine", "replay", run_id,
-                      env={**s3.env, "LAKE_TEST_CRASH_AT": "mid_delete"})
+                      env={**s3.env, "LAKE_TEST_CRASH_AT": "store.mid_delete"})
     assert killed.returncode == -signal.SIGKILL
     assert [r.status for r in lk.load().runs] == ["loaded"]
     assert s3.runs("quarantine", "plain") == [run_id]  # the remainder, with its manifest

@@ -132,7 +132,7 @@ def test_a_half_finished_move_is_finished_by_the_next_load(tmp_path: Path, s3: S
     lk = s3_lake(tmp_path, s3)
     manifest = stage(s3.url, "logs", logs([1, 2]), storage_options=s3.options)
     assert manifest
-    result = lake_cli(lk.root, "load", env={**s3.env, "LAKE_TEST_CRASH_AT": "mid_archive"})
+    result = lake_cli(lk.root, "load", env={**s3.env, "LAKE_TEST_CRASH_AT": "load.mid_archive"})
     assert result.returncode == -signal.SIGKILL
     run = f"{s3.bucket}/lake/staging/logs/{manifest.run_id}"
     archived = f"{s3.bucket}/lake/archive/logs/{manifest.run_id}"
@@ -149,8 +149,9 @@ def test_a_half_finished_move_is_finished_by_the_next_load(tmp_path: Path, s3: S
         f"archive/logs/{manifest.run_id}/part-00000.parquet"]
 
 
-@pytest.mark.parametrize("point", ["after_verify", "before_commit", "after_commit",
-                                   "mid_archive", "after_archive"])
+@pytest.mark.parametrize("point", ["load.after_verify", "load.before_commit",
+                                   "load.after_commit", "load.mid_archive",
+                                   "load.after_archive"])
 def test_a_loader_killed_at_any_point_loads_s3_runs_exactly_once(tmp_path: Path, s3: S3,
                                                                   point: str) -> None:
     lk = s3_lake(tmp_path, s3, "batch_max_runs = 2")
