@@ -456,7 +456,9 @@ def test_load_exits_75_at_once_naming_the_lock_holder(
     done = lake_cli(lake.root, "load")
     elapsed = time.monotonic() - started
     assert done.returncode == 75, done.stderr
-    assert elapsed < 3.0
+    # "At once": it did not wait for the holder, which keeps the lock for 60 s. (Not a speed
+    # bound: a busy machine takes seconds to start the CLI.)
+    assert elapsed < 30.0
     assert f"pid {holder.pid}" in done.stderr
     assert "test holder" in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
@@ -486,7 +488,8 @@ def test_a_reader_of_the_warehouse_file_makes_load_exit_75(
     assert done.returncode == 75, done.stderr
     assert f"pid {reader.pid}" in done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
-    assert 1.0 <= elapsed < 6.0
+    # It retried for its --lock-timeout of 1 s, then gave up: the reader never lets go.
+    assert 1.0 <= elapsed < 30.0
     assert lake.staged("logs") == [run_id]
 
 
