@@ -175,7 +175,7 @@ def json_option(help_text: str) -> Any:
 @click.pass_obj
 def init(obj: LakeContext, as_json: bool) -> None:
     """Create the root layout, a starter lake.toml and the warehouse schema (idempotent)."""
-    from lakehouse.root import init_lake
+    from loader.init import init_lake
 
     with errors_to_exit():
         report = init_lake(obj.root)
@@ -398,7 +398,7 @@ def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> No
 def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
             lock_timeout: float, as_json: bool) -> None:
     """Rebuild the warehouse into a fresh file, verified, swapped atomically with a backup."""
-    from lakehouse.compaction import compact_warehouse
+    from loader.compact import compact_warehouse
     from loader.report import StopFlag
 
     stop = StopFlag()
