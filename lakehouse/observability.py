@@ -199,6 +199,8 @@ def stack_hash(exc: BaseException) -> str:
     return hashlib.sha1(f"{type(exc).__name__}|{text}".encode()).hexdigest()[:12]
 
 
+# The run log's standard questions: `lake health` (loader/health.py) prints all four, and
+# `lake audit` reports the first two.
 HEALTH_QUERIES = {
     "latest_runs": """
         SELECT job_name, status, started_at, ended_at, duration_ms
@@ -219,12 +221,3 @@ HEALTH_QUERIES = {
         FROM meta.asset_checks WHERE status = 'fail'
         ORDER BY checked_at DESC LIMIT 200""",
 }
-
-
-def health_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
-    """Run the health queries of the observability spec; rows as dicts."""
-    report: dict[str, list[dict[str, Any]]] = {}
-    for name, sql in HEALTH_QUERIES.items():
-        cols, rows = wh.query(sql, action=f"running health query {name}")
-        report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
-    return report
