@@ -221,8 +221,9 @@ def health(obj: LakeContext, as_json: bool) -> None:
 @click.pass_obj
 def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> None:
     """Health of files, tables, partitions, staging, quarantine and ledger (read-only, no lock)."""
-    from lakehouse.audit import audit_lake
     from lakehouse.fsio import atomic_write_bytes
+    from loader.audit import audit_lake
+    from loader.render import render_audit
 
     with errors_to_exit():
         report = audit_lake(obj.config())
@@ -232,7 +233,7 @@ def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> No
     if as_json:
         emit_json(report.payload)
     else:
-        click.echo(report.format_text())
+        click.echo(render_audit(report))
     if strict and report.has_errors:
         raise click.exceptions.Exit(EXIT_REJECTED)
 

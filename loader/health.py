@@ -8,8 +8,30 @@ from typing import Any
 from lakehouse.db import Warehouse
 from lakehouse.errors import UsageError
 from lakehouse.layout import LakePaths
-from lakehouse.observability import HEALTH_QUERIES
 from lakehouse.publish import open_snapshot
+
+# The run log's standard questions: `lake health` prints all four; `lake audit` reports the
+# first two (loader/audit.py).
+HEALTH_QUERIES = {
+    "latest_runs": """
+        SELECT job_name, status, started_at, ended_at, duration_ms
+        FROM meta.ingestion_runs
+        QUALIFY row_number() OVER (PARTITION BY job_name ORDER BY started_at DESC) = 1
+        ORDER BY job_name""",
+    "failures_7d": """
+        SELECT started_at, job_name, error_type, error_message
+        FROM meta.ingestion_runs
+        WHERE status = 'failed' AND started_at >= (now()::TIMESTAMP - INTERVAL '7 days')
+        ORDER BY started_at DESC""",
+    "freshness": """
+        SELECT asset_key, scope_key, watermark_ts, updated_at,
+               date_diff('day', watermark_ts, now()::TIMESTAMP) AS staleness_days
+        FROM meta.asset_watermarks ORDER BY asset_key, scope_key""",
+    "failing_checks": """
+        SELECT checked_at, asset_key, partition_key, check_name, severity, message
+        FROM meta.asset_checks WHERE status = 'fail'
+        ORDER BY checked_at DESC LIMIT 200""",
+}
 
 
 def check_health(root: str | Path) -> dict[str, list[dict[str, Any]]]:

@@ -13,11 +13,14 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lakehouse.jsonable import json_default
+
+if TYPE_CHECKING:
+    from loader.audit import AuditReport
 
 TABLE_MAX_ROWS = 1000  # the table format is for a terminal: more goes through csv or json
 _MIB = 1024 * 1024
@@ -178,6 +181,56 @@ def render_health(report: dict[str, list[dict[str, Any]]]) -> str:
         lines += draw_table(list(rows[0].keys()) if rows else [],
                             [list(r.values()) for r in rows], indent="  ", empty="(none)")
     return "\n".join(lines)
+
+
+# -- audit --------------------------------------------------------------------------------
+def mebibytes(n: int | None) -> str:
+    """A file's size in MiB ("missing" when there is no file)."""
+    return "missing" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def hours(value: float | None) -> str:
+    """An age in hours ("-" when unknown)."""
+    return "-" if value is None else f"{value:.1f} h"
+
+
+def render_audit(report: AuditReport) -> str:
+    """`lake audit`'s text report: warehouse, tables, staging, quarantine, problems."""
+    p, s = report.payload, report.payload["summary"]
+    wh, snap, db = p["warehouse"], p["warehouse"]["snapshot"], p["warehouse"]["database"]
+    blocks = (f"{db['free_blocks']}/{db['total_blocks']} blocks free ({db['free_ratio']:.0%})"
+              if db else "blocks unknown")
+    st = p["staging"]
+    waiting = [f"{title} {st[k]['count']} (oldest {hours(st[k]['oldest_age_hours'])})"
+               for k, title in (("committed", "committed runs waiting:"),
+                                ("uncommitted", "uncommitted runs:"),
+                                ("temp_files", "temp files:"))]
+    staged_in = f" (staging in {p['staging_root']})" if p["staging_root"] else ""
+    return "\n".join([
+        f"Lake audit of {p['root']}{staged_in} at {p['generated_at']}: {s['error']} error(s), "
+        f"{s['warn']} warning(s), {s['info']} info",
+        "warehouse:", f"  {wh['path']} {mebibytes(wh['size_bytes'])}; {snap['path']} "
+        f"{mebibytes(snap['size_bytes'])}, published {hours(snap['age_hours'])} ago; {blocks}; "
+        f"schema v{wh['schema_version']}",
+        "tables:", *_section(["table", "rows", "partitions", "min", "max", "watermark",
+                             "since load", "dup keys"],
+                            [[n, t["rows"], t["partition_count"], t["partition_min"],
+                              t["partition_max"], t["watermark"], hours(t["hours_since_load"]),
+                              t["duplicate_keys"]] for n, t in p["tables"].items()]),
+        "staging:", *[f"  {line}" for line in waiting],
+        "quarantine:", *_section(["table", "runs", "oldest run", "reasons"],
+                                [[n, q["runs"], q["oldest_run_id"], json.dumps(q["reasons"])]
+                                 for n, q in p["quarantine"]["tables"].items()]),
+        "problems:", *_section(["severity", "code", "message", "fix"],
+                              [[x["severity"], x["code"], x["message"], x["fix"]]
+                               for x in p["problems"]])])
+
+
+def _section(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """An audit table under its section title: "-" for a missing value, no rule under the
+    headers, no trailing spaces, "(none)" for no rows."""
+    return draw_table(headers, rows, indent="  ", missing="-", rule=False, strip=True,
+                      empty="(none)")
 
 
 # -- compact ------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ import pyarrow as pa
 import pytest
 from conftest import LAKE_TOML, REPO, Lake, hand_run_id, make_root, write_run_by_hand
 
-from lakehouse.audit import (
+from lakehouse.errors import LoadAbortedError, LockHeldError
+from lakehouse.migrations import LATEST_VERSION
+from loader.audit import (
     AUDIT_KEYS,
     PROBLEM_CODES,
     PROBLEM_KEYS,
@@ -29,8 +31,7 @@ from lakehouse.audit import (
     AuditThresholds,
     audit_lake,
 )
-from lakehouse.errors import LoadAbortedError, LockHeldError
-from lakehouse.migrations import LATEST_VERSION
+from loader.render import render_audit
 
 D = dt.datetime
 UTC = dt.UTC
@@ -65,7 +66,7 @@ def audit(lake: Lake, **kw: Any) -> AuditReport:
     counts = {s: sum(p["severity"] == s for p in payload["problems"]) for s in SEVERITIES}
     assert {s: payload["summary"][s] for s in SEVERITIES} == counts
     assert report.has_errors == (counts["error"] > 0)
-    assert "problems:" in report.format_text()
+    assert "problems:" in render_audit(report)
     return report
 
 
@@ -106,7 +107,7 @@ def test_a_healthy_lake_has_no_errors_or_warnings(lake: Lake) -> None:
     lake.stage("logs", logs(1, 2))
     lake.load()
     report = audit(lake)
-    assert serious(report) == [], report.format_text()
+    assert serious(report) == [], render_audit(report)
     p = report.payload
     assert p["summary"]["status"] == "ok" and not report.has_errors
     assert p["root"] == str(lake.root)
@@ -132,7 +133,7 @@ def test_a_healthy_lake_has_no_errors_or_warnings(lake: Lake) -> None:
     assert p["ledger"]["runs_by_status"] == {"loaded": 3} and p["ledger"]["archived_runs"] == 3
     assert [(r["job_name"], r["status"]) for r in p["runs"]["latest"]] == [("load", "success")]
     assert p["staging"]["committed"]["count"] == 0 and p["quarantine"]["count"] == 0
-    text = report.format_text()
+    text = render_audit(report)
     for section in ("warehouse:", "tables:", "staging:", "quarantine:", "problems:"):
         assert f"\n{section}" in text
     assert re.search(r"\n  events\s+4\s+2\s+2026-01-02", text), text
@@ -186,7 +187,7 @@ def test_a_missing_snapshot_is_an_error_and_the_files_are_still_audited(lake: La
     assert p["tables"] == {} and p["ledger"] == {"checked": False} and p["runs"] == {}
     assert p["warehouse"]["snapshot"]["exists"] is False and p["warehouse"]["database"] is None
     assert p["staging"]["committed"]["count"] == 1  # the file system part still ran
-    assert "blocks unknown" in report.format_text()
+    assert "blocks unknown" in render_audit(report)
 
 
 def test_duplicate_keys_and_undeclared_tables_in_the_warehouse(lake: Lake) -> None:
@@ -293,7 +294,7 @@ def test_a_run_left_in_staging_after_its_commit_is_an_unfinished_move(lake: Lake
     outcome = lake.load()
     assert [r.status for r in outcome.runs] == ["recovered"]
     after = audit(lake)
-    assert serious(after) == [], after.format_text()  # archive/<run>.1 is the same run
+    assert serious(after) == [], render_audit(after)  # archive/<run>.1 is the same run
     assert after.payload["ledger"]["archived_runs"] == 2
 
 
@@ -391,7 +392,7 @@ def test_audit_runs_while_another_process_holds_the_lock(lake: Lake) -> None:
         with pytest.raises(LockHeldError):
             lake.load()  # the lock really is held
         report = audit(lake)
-        assert serious(report) == [], report.format_text()
+        assert serious(report) == [], render_audit(report)
         assert report.payload["warehouse"]["lock_holder"]["pid"] == holder.pid
         assert report.payload["tables"]["events"]["rows"] == 1
     finally:
@@ -410,7 +411,7 @@ def test_audit_never_opens_the_live_warehouse(lake: Lake) -> None:
         with pytest.raises(duckdb.Error):  # any open of lake.duckdb fails now
             duckdb.connect(str(path), read_only=True)
         report = audit(lake)
-        assert serious(report) == [], report.format_text()
+        assert serious(report) == [], render_audit(report)
         assert report.payload["tables"]["events"]["rows"] == 2
     finally:
         writer.kill()
@@ -431,10 +432,10 @@ def test_audit_during_a_real_load_reports_no_errors(tmp_path: Path) -> None:
         report = audit(lk)
         audits += 1
         during += report.payload["warehouse"]["lock_holder"] is not None
-        assert not report.has_errors, report.format_text()
+        assert not report.has_errors, render_audit(report)
     _, err = loader.communicate(timeout=120)
     assert loader.returncode == 0, err
     assert audits > 1 and during > 0, (audits, during)
     final = audit(lk)
-    assert serious(final) == [], final.format_text()
+    assert serious(final) == [], render_audit(final)
     assert final.payload["tables"]["logs"]["rows"] == 40

@@ -9,7 +9,7 @@ import pyarrow as pa
 from click.testing import CliRunner
 from conftest import Lake
 
-from lakehouse.audit import AUDIT_KEYS
+from loader.audit import AUDIT_KEYS
 from loader.cli import cli
 
 

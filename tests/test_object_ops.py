@@ -27,10 +27,11 @@ from conftest import LAKE_TOML, Lake, hand_run_id, holding_the_lock, lake_cli, m
 from s3server import S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lakehouse import failpoints
-from lakehouse.audit import AUDIT_KEYS, AuditThresholds, audit_lake
+from loader.audit import AUDIT_KEYS, AuditThresholds, audit_lake
 from loader.cleanup import cleanup_lake
 from loader.cli import cli
 from loader.quarantine import list_quarantine, replay_run
+from loader.render import render_audit
 from staging import stage, stage_run
 
 PLAIN = '[tables.plain]\nmerge = "append"\nschema_evolution = "freeze"\n'
@@ -399,7 +400,7 @@ def test_audit_reads_staging_quarantine_and_archive_from_the_bucket(tmp_path: Pa
     later = audit_lake(lk.config(), now=now + timedelta(days=1))
     [abandoned] = [x for x in later.problems if x["code"] == "abandoned_runs"]
     assert abandoned["path"] == f"{s3.url}/staging/plain/{dropped}"
-    assert f"(staging in {s3.url})" in report.format_text().splitlines()[0]
+    assert f"(staging in {s3.url})" in render_audit(report).splitlines()[0]
 
 
 def test_audit_compares_the_bucket_archive_with_the_snapshot_ledger(tmp_path: Path,
