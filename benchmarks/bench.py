@@ -123,7 +123,7 @@ class Bench:
         sys.path.insert(0, str(REPO))
         from benchmarks.data import events, write_root
         from lakehouse.config import load_config
-        from lakehouse.root import init_lake
+        from loader.init import init_lake
         from loader.load import LoadOptions, load_pending
         from staging import stage
 

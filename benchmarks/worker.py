@@ -137,8 +137,8 @@ def dlt_load(workdir: str, files: str, disposition: str, seed: str = "") -> floa
 
 def compact(root: str) -> float:
     """Time `lake compact` of a root."""
-    from lakehouse.compaction import compact_warehouse
     from lakehouse.config import load_config
+    from loader.compact import compact_warehouse
 
     config = load_config(root)
     start = time.perf_counter()

@@ -7,7 +7,8 @@ then raises :class:`LockHeldError` naming the holder. Driver errors become ``War
 A reader's connection (``external_access=False``) is locked down for SQL Lake did not write
 (``lake query``, docs/SECURITY.md): no file access, the configuration locked once Lake has set
 it, and the temp directory one the caller owns. :func:`single_read_statement` admits one
-read-only statement, judged by DuckDB's own parser.
+read-only statement, judged by DuckDB's own parser. :func:`space_usage` reads a file's block
+usage (what compaction would free; the audit reports it too).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from lakehouse.errors import LockHeldError, UsageError, WarehouseError
+from lakehouse.errors import CompactionError, LockHeldError, UsageError, WarehouseError
 
 _LOCK_PID = re.compile(r"Conflicting lock is held in (?P<cmd>.*?) \(PID (?P<pid>\d+)\)")
 
@@ -222,6 +224,43 @@ def open_warehouse(path: Path, *, read_only: bool = False, lock_timeout: float =
             con.close()
             raise WarehouseError(f"opening {path}", _one_line(exc)) from exc
     return Warehouse(con, path, read_only)
+
+
+@dataclass(frozen=True)
+class SpaceUsage:
+    """Block usage of one DuckDB file, from ``pragma_database_size()``."""
+
+    block_size: int
+    total_blocks: int
+    used_blocks: int
+    free_blocks: int
+
+    @property
+    def used_bytes(self) -> int:
+        return self.used_blocks * self.block_size
+
+    @property
+    def free_bytes(self) -> int:
+        return self.free_blocks * self.block_size
+
+    @property
+    def free_ratio(self) -> float:
+        return self.free_blocks / self.total_blocks if self.total_blocks else 0.0
+
+
+def space_usage(wh: Warehouse) -> SpaceUsage:
+    """Block size and total/used/free blocks of the connection's own database file."""
+    row = wh.fetchone(
+        "SELECT block_size, total_blocks, used_blocks, free_blocks FROM pragma_database_size() "
+        "WHERE database_name = current_database()", action="reading the database size")
+    if row is None:
+        raise CompactionError("compaction failed: DuckDB reported no size for the warehouse")
+    return SpaceUsage(*(int(v or 0) for v in row))
+
+
+def estimate_free_ratio(wh: Warehouse) -> float:
+    """Share of the file's blocks that are free (what a rebuild surely gives back)."""
+    return space_usage(wh).free_ratio
 
 
 def single_read_statement(sql: str) -> str:

@@ -1,7 +1,7 @@
 """The exception tree of Lake: every exception Lake defines lives here.
 
 Every error stores its fields and builds a one-line message that says what happened and
-what to do. Only ``loader/cli.py`` maps these to exit codes.
+what to do. Only ``loader/exits.py`` maps these to exit codes.
 
 ``RunRejectedError`` and its children are *terminal* for a run: the run is quarantined and
 never retried automatically. ``LockHeldError`` is *transient*: nothing moved, retry later.

@@ -197,34 +197,3 @@ def stack_hash(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     text = "|".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.name}" for f in frames)
     return hashlib.sha1(f"{type(exc).__name__}|{text}".encode()).hexdigest()[:12]
-
-
-HEALTH_QUERIES = {
-    "latest_runs": """
-        SELECT job_name, status, started_at, ended_at, duration_ms
-        FROM meta.ingestion_runs
-        QUALIFY row_number() OVER (PARTITION BY job_name ORDER BY started_at DESC) = 1
-        ORDER BY job_name""",
-    "failures_7d": """
-        SELECT started_at, job_name, error_type, error_message
-        FROM meta.ingestion_runs
-        WHERE status = 'failed' AND started_at >= (now()::TIMESTAMP - INTERVAL '7 days')
-        ORDER BY started_at DESC""",
-    "freshness": """
-        SELECT asset_key, scope_key, watermark_ts, updated_at,
-               date_diff('day', watermark_ts, now()::TIMESTAMP) AS staleness_days
-        FROM meta.asset_watermarks ORDER BY asset_key, scope_key""",
-    "failing_checks": """
-        SELECT checked_at, asset_key, partition_key, check_name, severity, message
-        FROM meta.asset_checks WHERE status = 'fail'
-        ORDER BY checked_at DESC LIMIT 200""",
-}
-
-
-def health_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
-    """Run the health queries of the observability spec; rows as dicts."""
-    report: dict[str, list[dict[str, Any]]] = {}
-    for name, sql in HEALTH_QUERIES.items():
-        cols, rows = wh.query(sql, action=f"running health query {name}")
-        report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
-    return report

@@ -34,8 +34,8 @@ from lakehouse.listing import (
 )
 from lakehouse.lock import read_holder
 from lakehouse.migrations import LATEST_VERSION, schema_version
-from lakehouse.observability import HEALTH_QUERIES
 from lakehouse.publish import open_snapshot
+from loader.health import HEALTH_QUERIES
 from loader.render import mebibytes
 
 AUDIT_VERSION = 1

@@ -1,40 +1,29 @@
-"""The `lake` command: thin click commands over lakehouse and loader functions.
+"""The `lake` command: thin click commands, one per job in loader/.
 
-A command parses its options, resolves the root and config, calls one library function,
-prints the returned report (text, or JSON with --json) and exits with a code from DESIGN.md:
-0 done; 2 usage or config error; 3 done, but something was rejected; 75 busy (lock held, or
-stopped by a signal at a safe point: retry on the next tick); 1 unexpected error.
+A command parses its options, resolves the root and config, calls one job, and prints the
+returned report through loader/render.py (text, or JSON with --json); loader/exits.py maps
+errors to the exit codes of DESIGN.md.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from lakehouse import failpoints
-from lakehouse.errors import (
-    ConfigError,
-    LakehouseError,
-    LoadAbortedError,
-    LockHeldError,
-    StopRequestedError,
-    UsageError,
-)
+from lakehouse.errors import UsageError
 from lakehouse.jsonable import json_default
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED, EXIT_BUSY = 0, 1, 2, 3, 75
+from loader.exits import EXIT_BUSY, EXIT_ERROR, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, errors_to_exit
+from loader.render import TABLE_MAX_ROWS, emit_json, log_line
 
 
 class LakeContext:
@@ -126,37 +115,6 @@ def _exit_75_on_signals() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """The exit code DESIGN.md gives an error."""
-    if isinstance(exc, LockHeldError | StopRequestedError):
-        return EXIT_BUSY
-    if isinstance(exc, ConfigError | UsageError):
-        return EXIT_USAGE
-    if isinstance(exc, LoadAbortedError):
-        return EXIT_REJECTED
-    return EXIT_ERROR
-
-
-@contextmanager
-def errors_to_exit() -> Iterator[None]:
-    """Print a one-line error to stderr and exit with the mapped code."""
-    try:
-        yield
-    except LakehouseError as exc:
-        click.echo(f"lake: {exc}", err=True)
-        raise click.exceptions.Exit(exit_code_for(exc)) from None
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        click.echo(f"lake: {exc.strerror or exc}{where} (check the path, free disk space and "
-                   "permissions, then run the command again)", err=True)
-        raise click.exceptions.Exit(EXIT_ERROR) from None
-
-
-def emit_json(data: Any) -> None:
-    """Print data as JSON (dates and decimals as text)."""
-    click.echo(json.dumps(data, indent=2, default=json_default))
-
-
 def lock_timeout_option(f: Any) -> Any:
     """--lock-timeout S: how long a writing command waits for a busy warehouse."""
     return click.option("--lock-timeout", type=click.FloatRange(min=0), default=0.0,
@@ -175,20 +133,15 @@ def json_option(help_text: str) -> Any:
 @click.pass_obj
 def init(obj: LakeContext, as_json: bool) -> None:
     """Create the root layout, a starter lake.toml and the warehouse schema (idempotent)."""
-    from lakehouse.root import init_lake
+    from loader.init import init_lake
+    from loader.render import init_as_dict, render_init
 
     with errors_to_exit():
         report = init_lake(obj.root)
     if as_json:
-        emit_json({"root": str(report.root), "created": report.created,
-                   "migrations_applied": report.migrations_applied,
-                   "schema_version": report.schema_version, "tables": report.tables})
+        emit_json(init_as_dict(report))
         return
-    click.echo(f"lake root {report.root}")
-    click.echo(f"  created: {', '.join(report.created) if report.created else 'nothing (exists)'}")
-    click.echo(f"  warehouse schema version {report.schema_version}"
-               + (f" (applied {report.migrations_applied})" if report.migrations_applied else ""))
-    click.echo(f"  tables declared: {', '.join(report.tables) or 'none yet (edit lake.toml)'}")
+    click.echo(render_init(report))
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -207,9 +160,10 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
     warehouse is busy.
     """
     from loader.load import LoadOptions, StopFlag, load_pending
+    from loader.render import Progress, render_load
 
     stop = StopFlag()
-    progress = _Progress(enabled=not as_json)
+    progress = Progress(enabled=not as_json)
     options = LoadOptions(table=table, max_runs=max_runs, lock_timeout=lock_timeout,
                           dry_run=dry_run, progress=progress, on_discover=progress.start,
                           stop=stop)
@@ -222,54 +176,14 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
     if as_json:
         emit_json(report.as_dict())
     else:
-        _print_load(report)
+        click.echo(render_load(report))
     if report.rejected:
         raise click.exceptions.Exit(EXIT_REJECTED)
 
 
-class _Progress:
-    """A progress bar on a terminal (stderr); plain log lines otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.counts: dict[str, int] = {}
-        self.rows = 0
-        self.bar: Any = None
-
-    def start(self, total: int) -> None:
-        if self.tty and total:
-            self.bar = click.progressbar(length=total, label="loading runs", file=sys.stderr,
-                                         item_show_func=self._describe)
-            self.bar.__enter__()
-
-    def _describe(self, _item: Any) -> str:
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
-        return f"{parts}; {self.rows:,} rows" if parts else ""
-
-    def __call__(self, outcome: Any) -> None:
-        if not self.enabled:
-            return
-        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
-        self.rows += outcome.rows_loaded
-        if self.bar is not None:
-            self.bar.update(1, outcome)
-        elif not self.tty and outcome.status != "loaded":
-            click.echo(f"{outcome.status} {outcome.table}/{outcome.run_id}"
-                       + (f" [{outcome.reason_code}] {outcome.message}" if outcome.message else ""),
-                       err=True)
-        elif not self.tty and self.counts["loaded"] % 500 == 0:
-            click.echo(f"loaded {self.counts['loaded']} runs, {self.rows:,} rows", err=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-
 @contextmanager
 def _stop_on_signals(stop: Any) -> Iterator[None]:
-    """SIGTERM/SIGINT ask the loader to stop at its next safe point."""
+    """SIGTERM/SIGINT ask the job to stop at its next safe point."""
     def handler(signum: int, frame: Any) -> None:
         stop.signal_name = signal.Signals(signum).name
 
@@ -281,83 +195,21 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _print_load(report: Any) -> None:
-    verb = "would load" if report.dry_run else "loaded"
-    if report.dry_run:
-        more = "".join(f", {n} {what}" for n, what in (
-            (report.count("would_skip"), "would be skipped as repeats"),
-            (report.count("would_recover"), "would only finish moving (already in the ledger)"))
-            if n)
-        click.echo(f"dry run: {report.count('would_load')} runs would load, "
-                   f"{report.count('would_quarantine')} would be quarantined{more}")
-        for r in report.runs:
-            line = f"  {r.status:17} {r.table}/{r.run_id}"
-            if r.status == "would_load":
-                line += f"  {r.rows_loaded:,} rows"
-                if r.rows_rejected:
-                    line += f", {r.rows_rejected:,} dropped: [{r.reason_code}] {r.message}"
-            elif r.reason_code is None:
-                line += f"  {r.message}"
-            else:
-                line += f"  [{r.reason_code}] {r.message}"
-            click.echo(line)
-        return
-    d = report.as_dict()
-    click.echo(f"{verb} {d['runs_loaded']} runs ({d['rows_loaded']:,} rows); "
-               f"quarantined {d['runs_quarantined']}; skipped {d['runs_skipped']}; "
-               f"recovered {d['runs_recovered']} in {report.seconds:.2f}s")
-    for r in report.runs:
-        if r.status == "quarantined":
-            click.echo(f"  quarantined {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
-        elif r.rows_rejected:
-            click.echo(f"  partly loaded {r.table}/{r.run_id}: {r.rows_loaded:,} rows loaded, "
-                       f"{r.rows_rejected:,} invalid rows quarantined")
-        elif r.status == "skipped":
-            click.echo(f"  skipped {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
-    if report.tables:
-        click.echo("tables:")
-        for name, t in sorted(report.tables.items()):
-            click.echo(f"  {name:24} {t.rows:>12,} rows  {t.partitions:>6} partitions")
-
-
 # -- health -------------------------------------------------------------------------------
 @cli.command()
 @json_option("Print the report as JSON.")
 @click.pass_obj
 def health(obj: LakeContext, as_json: bool) -> None:
     """Latest run per job, failures in 7 days, freshness, failing checks (read-only)."""
-    from lakehouse.observability import health_report
+    from loader.health import check_health
+    from loader.render import render_health
 
-    with errors_to_exit(), _read_snapshot(obj.root) as wh:
-        report = health_report(wh)
+    with errors_to_exit():
+        report = check_health(obj.root)
     if as_json:
         emit_json(report)
         return
-    titles = {"latest_runs": "Latest run per job", "failures_7d": "Failures, last 7 days",
-              "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks"}
-    for key, rows in report.items():
-        click.echo(f"{titles[key]}:")
-        if not rows:
-            click.echo("  (none)")
-            continue
-        click.echo(_format_table(list(rows[0].keys()), [list(r.values()) for r in rows],
-                                 indent="  "))
-
-
-@contextmanager
-def _read_snapshot(root: Path) -> Iterator[Any]:
-    from lakehouse.layout import LakePaths
-    from lakehouse.publish import open_snapshot
-
-    paths = LakePaths.at(root)
-    if not paths.read_snapshot.exists():
-        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
-                         "and `lake load` first")
-    wh = open_snapshot(paths)
-    try:
-        yield wh
-    finally:
-        wh.close()
+    click.echo(render_health(report))
 
 
 # -- audit --------------------------------------------------------------------------------
@@ -399,7 +251,8 @@ def audit(obj: LakeContext, as_json: bool, out: Path | None, strict: bool) -> No
 def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
             lock_timeout: float, as_json: bool) -> None:
     """Rebuild the warehouse into a fresh file, verified, swapped atomically with a backup."""
-    from lakehouse.compaction import compact_warehouse
+    from loader.compact import compact_warehouse
+    from loader.render import render_compact
     from loader.report import StopFlag
 
     stop = StopFlag()
@@ -407,29 +260,11 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
         report = compact_warehouse(
             obj.config(), dry_run=dry_run, keep_backups=keep_backups, force=force,
             lock_timeout=lock_timeout, stop=stop,
-            progress=None if as_json else _log_line)
-    data = report.as_dict()
+            progress=None if as_json else log_line)
     if as_json:
-        emit_json(data)
+        emit_json(report.as_dict())
         return
-    mib = 1024 * 1024
-    if report.dry_run:
-        click.echo(f"dry run: warehouse {report.size_before / mib:,.1f} MiB; expected gain "
-                   f"{report.expected_gain / mib:,.1f} MiB")
-        return
-    after = report.size_after or 0
-    if not report.swapped:
-        click.echo(f"kept the warehouse as it is: rebuilt {report.size_before / mib:,.1f} MiB "
-                   f"-> {after / mib:,.1f} MiB is no gain; --force swaps anyway")
-        return
-    click.echo(f"compacted {report.size_before / mib:,.1f} MiB -> {after / mib:,.1f}"
-               f" MiB in {report.seconds:.1f}s; backup {report.backup}")
-    for name, t in sorted(report.tables.items()):
-        click.echo(f"  {name:24} {t['rows']:>12,} rows  verified")
-
-
-def _log_line(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(render_compact(report))
 
 
 # -- cleanup ------------------------------------------------------------------------------
@@ -446,6 +281,7 @@ def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout:
     from datetime import timedelta
 
     from loader.cleanup import cleanup_lake
+    from loader.render import render_cleanup
 
     with errors_to_exit():
         report = cleanup_lake(obj.config(), dry_run=dry_run, lock_timeout=lock_timeout,
@@ -453,12 +289,7 @@ def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout:
     if as_json:
         emit_json(report.as_dict())
         return
-    verb = "would " if dry_run else ""
-    click.echo(f"cleanup: {verb}remove {report.count('temp_file')} temp files, "
-               f"{verb}quarantine {report.count('abandoned_run')} abandoned runs, "
-               f"{verb}delete {report.count('expired_archive')} archived runs past retention")
-    for action in report.actions:
-        click.echo(f"  {action.kind:16} {action.path}  {action.detail}")
+    click.echo(render_cleanup(report, dry_run))
 
 
 # -- quarantine ---------------------------------------------------------------------------
@@ -474,19 +305,14 @@ def quarantine() -> None:
 def quarantine_list(obj: LakeContext, table: str | None, as_json: bool) -> None:
     """List quarantined runs with their reasons, oldest first."""
     from loader.quarantine import list_quarantine
+    from loader.render import render_quarantine_list
 
     with errors_to_exit():
         runs = list_quarantine(obj.config(), table)
     if as_json:
         emit_json([r.as_dict() for r in runs])
         return
-    if not runs:
-        click.echo("quarantine is empty")
-        return
-    click.echo(_format_table(
-        ["table", "run", "kind", "code", "failures", "since", "message"],
-        [[r.table, r.run_id, r.kind, r.code, r.failure_count, r.quarantined_at,
-          (r.message or "")[:80]] for r in runs]))
+    click.echo(render_quarantine_list(runs))
 
 
 @quarantine.command("replay")
@@ -497,19 +323,50 @@ def quarantine_list(obj: LakeContext, table: str | None, as_json: bool) -> None:
 def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: float) -> None:
     """Move a quarantined run back to staging (after fixing the contract or the data)."""
     from loader.quarantine import replay_run
+    from loader.render import render_replay
 
     with errors_to_exit():
         result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout)
-    verb = "would move" if dry_run else "moved"
-    what = "rejected rows of" if result.kind == "rejected_rows" else "run"
-    click.echo(f"{verb} {what} {result.quarantined} -> {result.staged}; "
-               "the next `lake load` retries it")
+    click.echo(render_replay(result, dry_run))
+
+
+# -- export -------------------------------------------------------------------------------
+@cli.command("export")
+@click.argument("table")
+@click.option("--to", "to", required=True, metavar="DIR_OR_URL",
+              help="Target folder or fsspec URL (s3://bucket/exports); the table goes to "
+                   "<to>/<table>/.")
+@click.option("--full", is_flag=True, help="Rewrite every partition, changed or not.")
+@click.option("--dry-run", is_flag=True,
+              help="Say which partitions would be written, carried over or removed; write "
+                   "nothing (reads the published snapshot, takes no lock).")
+@click.option("--keep-versions", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Export versions to keep under <to>/<table>/_v/ (the current one included).")
+@lock_timeout_option
+@json_option("Print the report as JSON.")
+@click.pass_obj
+def export(obj: LakeContext, table: str, to: str, full: bool, dry_run: bool,
+           keep_versions: int, lock_timeout: float, as_json: bool) -> None:
+    """Export TABLE as Hive-partitioned Parquet to a folder or URL, atomically and
+    incrementally (only changed partitions are rewritten).
+
+    Exit 0 when exported (or already up to date), 2 for an unknown table or a bad target,
+    75 when the warehouse is busy.
+    """
+    from loader.export import ExportOptions, export_table
+    from loader.render import render_export
+
+    options = ExportOptions(to=to, full=full, dry_run=dry_run, lock_timeout=lock_timeout,
+                            keep_versions=keep_versions)
+    with errors_to_exit():
+        report = export_table(obj.config(), table, options)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    click.echo(render_export(report))
 
 
 # -- query --------------------------------------------------------------------------------
-TABLE_MAX_ROWS = 1000  # the table format is for a terminal: more goes through csv or json
-
-
 @cli.command()
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
@@ -520,70 +377,15 @@ TABLE_MAX_ROWS = 1000  # the table format is for a terminal: more goes through c
 def query(obj: LakeContext, sql: str, fmt: str) -> None:
     """Run one read-only SELECT on the published snapshot (no file access, no SET or PRAGMA)."""
     from loader.query import run_query
+    from loader.render import write_csv_rows, write_json_rows, write_table_rows
 
     with errors_to_exit(), _quiet_broken_pipe(), run_query(obj.root, sql) as result:
         if fmt == "json":
-            _echo_json_rows(result.columns, result.batches)
+            write_json_rows(result.columns, result.batches)
         elif fmt == "csv":
-            _echo_csv_rows(result.columns, result.batches)
+            write_csv_rows(result.columns, result.batches)
         else:
-            _echo_table_rows(result.columns, result.batches)
-
-
-def _echo_csv_rows(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
-    buf = io.StringIO()
-    csv.writer(buf).writerow(columns)
-    click.echo(buf.getvalue(), nl=False)
-    for rows in batches:
-        buf = io.StringIO()
-        csv.writer(buf).writerows(rows)
-        click.echo(buf.getvalue(), nl=False)
-
-
-def _echo_json_rows(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
-    """The rows as one JSON array of objects, written as they come: the same text as
-    ``emit_json`` of the whole list, without holding the list."""
-    row_text = _json_row_writer(columns)
-    first = True
-    for rows in batches:
-        chunk = ",\n".join(row_text(r) for r in rows)
-        click.echo(("[\n" if first else ",\n") + chunk, nl=False)
-        first = False
-    click.echo("[]" if first else "\n]")
-
-
-def _json_row_writer(columns: list[str]) -> Callable[[tuple[Any, ...]], str]:
-    """One row as an indented member of the array. Scalars go through the C encoder (the
-    indenting one is pure Python and ten times slower); containers, duplicate column names
-    and empty rows take json.dumps's own path, so the text is always what it would write."""
-    if not columns or len(set(columns)) != len(columns):
-        return lambda r: "  " + json.dumps(dict(zip(columns, r, strict=True)), indent=2,
-                                           default=json_default).replace("\n", "\n  ")
-    keys = ["    " + json.dumps(c) + ": " for c in columns]
-    flat = json.JSONEncoder(default=json_default).encode
-
-    def value(v: Any) -> str:
-        if isinstance(v, list | tuple | dict) and v:
-            return json.dumps(v, indent=2, default=json_default).replace("\n", "\n    ")
-        return flat(v)
-
-    return lambda r: "  {\n" + ",\n".join(k + value(v) for k, v in zip(keys, r, strict=True)) \
-        + "\n  }"
-
-
-def _echo_table_rows(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
-    shown: list[tuple[Any, ...]] = []
-    more = False
-    for rows in batches:
-        room = TABLE_MAX_ROWS - len(shown)
-        if len(rows) > room:  # batches are never empty: a full table plus one row is "more"
-            shown += rows[:room]
-            more = True
-            break  # stop reading: closing the connection ends the query
-        shown += rows
-    click.echo(_format_table(columns, [list(r) for r in shown]))
-    if more:
-        click.echo(f"(first {TABLE_MAX_ROWS:,} rows shown; --format csv or json prints them all)")
+            write_table_rows(result.columns, result.batches)
 
 
 @contextmanager
@@ -594,29 +396,6 @@ def _quiet_broken_pipe() -> Iterator[None]:
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
-
-
-def _format_table(columns: list[str], rows: list[list[Any]], indent: str = "") -> str:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = [indent + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
-             indent + "  ".join("-" * w for w in widths)]
-    lines += [indent + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))
-              for r in cells]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    return str(value)
-
-
-from loader.export import export_command  # noqa: E402  (see loader/export.py for why here)
-
-cli.add_command(export_command)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ def hold_duckdb(root: Path) -> None:
 def compact(root: Path, point: str | None) -> None:
     """Run one compaction (it SIGKILLs itself at the crash point ``point``)."""
     from lakehouse import failpoints
-    from lakehouse.compaction import compact_warehouse
     from lakehouse.config import load_config
+    from loader.compact import compact_warehouse
 
     failpoints.arm(point)
     report = compact_warehouse(load_config(root))

@@ -111,7 +111,7 @@ class Lake:
     root: Path
 
     def init(self) -> Any:
-        from lakehouse.root import init_lake
+        from loader.init import init_lake
 
         return init_lake(self.root)
 

@@ -26,11 +26,11 @@ import pytest
 from conftest import Lake, make_root
 
 from lakehouse import failpoints
-from lakehouse.compaction import (
+from lakehouse.errors import CompactionError, LockHeldError, StopRequestedError
+from loader.compact import (
     CompactionReport,
     compact_warehouse,
 )
-from lakehouse.errors import CompactionError, LockHeldError, StopRequestedError
 
 PROCS = Path(__file__).resolve().parent / "compaction_procs.py"
 KEYS, LOADS = 20_000, 20

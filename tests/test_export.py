@@ -33,9 +33,9 @@ from s3server import CREDENTIALS, S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lakehouse import failpoints
 from lakehouse.errors import ConfigError, LockHeldError, UsageError
-from lakehouse.export import ExportOptions, ExportReport, export_table
 from lakehouse.export_plan import hive_key
 from loader.cli import cli
+from loader.export import ExportOptions, ExportReport, export_table
 
 MONTHS = ("2026-01", "2026-02", "2026-03", "2026-04")
 USER = "event_id, ts, kind, amount"

@@ -36,9 +36,14 @@ def top_names(modules: set[str]) -> set[str]:
     return {m.split(".")[0] for m in modules}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """Every absolute module a source file imports, anywhere in it (also dynamic imports)."""
+def imported_modules(path: Path, *, runtime_only: bool = False) -> set[str]:
+    """Every absolute module a source file imports, anywhere in it (also dynamic imports);
+    with ``runtime_only``, not those under ``if TYPE_CHECKING:`` (they never run)."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                node.body = []
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -129,3 +134,69 @@ def test_import_checker_sees_hidden_imports(tmp_path: Path) -> None:
                    "from .writer import stage\n")
     imports = imported_modules(src)
     assert {"os", "duckdb", "pandera", "loader.cli", "staging.writer"} <= imports
+    src.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import duckdb\n")
+    assert "duckdb" in imported_modules(src)
+    assert "duckdb" not in imported_modules(src, runtime_only=True)
+
+
+def module_name(path: Path) -> str:
+    """``lakehouse/db.py`` -> ``lakehouse.db``; ``loader/__init__.py`` -> ``loader``."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(packages: tuple[str, ...], *, runtime_only: bool = False
+                 ) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports, anywhere in its source."""
+    paths = {module_name(p): p for package in packages for p in sources(package)}
+    return {name: {m for m in imported_modules(path, runtime_only=runtime_only)
+                   if m in paths and m != name} for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle in ``graph`` as a path that ends where it starts; [] when none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        if node in path:
+            return [*path[path.index(node):], node]
+        if node in done:
+            return []
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            cycle = visit(nxt)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(node)
+        return []
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle:
+            return cycle
+    return []
+
+
+def test_no_import_cycle_in_lakehouse_or_loader() -> None:
+    """No module of lakehouse/ or loader/ imports, through others, itself. Imports inside
+    functions count (a command module and its job must not need each other); imports for
+    type hints only (``if TYPE_CHECKING:``) do not, since they never run."""
+    cycle = find_cycle(import_graph(("lakehouse", "loader"), runtime_only=True))
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_lakehouse_never_imports_loader() -> None:
+    """Parts never reach for a job: no lakehouse module names a loader module, directly."""
+    graph = import_graph(("lakehouse", "loader"))
+    wrong = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.split(".")[0] == "lakehouse"
+                   for d in deps if d.split(".")[0] == "loader")
+    assert not wrong, wrong
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    """The cycle check itself works: a two-module circle and a longer one are found."""
+    assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"b"}, "d": set()}) == ["b", "c", "b"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []

@@ -13,7 +13,7 @@ from conftest import LAKE_TOML, Lake, make_root
 
 from lakehouse.db import open_warehouse
 from lakehouse.errors import LoadAbortedError
-from lakehouse.observability import health_report
+from loader.health import health_report
 
 D = dt.datetime
 

@@ -1,4 +1,4 @@
-"""Creating a lake root: folders, a starter ``lake.toml``, the warehouse and its schema."""
+"""`lake init`: a lake root's folders, a starter ``lake.toml``, the warehouse and its schema."""
 
 from __future__ import annotations
 

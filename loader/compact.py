@@ -1,4 +1,4 @@
-"""Compaction: rebuild ``lake.duckdb`` into a fresh file, verify it, swap it in with a backup.
+"""`lake compact`: rebuild ``lake.duckdb`` into a fresh file, verify it, swap it in with a backup.
 
 DuckDB frees space lazily and ``VACUUM`` reclaims nothing, so an upsert-heavy warehouse only
 shrinks when it is rebuilt into a new file. Steps, each ordering rule commented where enforced:
@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from lakehouse import failpoints
 from lakehouse.config import LakeConfig
-from lakehouse.db import Warehouse, literal, open_warehouse, quote
+from lakehouse.db import SpaceUsage, Warehouse, literal, open_warehouse, quote, space_usage
 from lakehouse.errors import (
     CompactionError,
     LakehouseError,
@@ -47,40 +47,13 @@ from lakehouse.layout import PARTITION_COLUMN, STAMP_PATTERN, TMP_MARKER, LakePa
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+from loader.report import StopFlag
 
 TEMP_BASE = "lake.compact.duckdb"  # temp files are TEMP_BASE + ".tmp-<uuid>" (+ DuckDB's .wal/.tmp)
 SOURCE = "compact_source"  # the catalog name the old file is attached under
 BACKUP_PATTERN = re.compile(r"^lake-" + STAMP_PATTERN + r"\.duckdb$")
 HEADER_BYTES = 3 * 4096  # DuckDB's file header and two database headers precede the blocks
 _MIB = 1024 * 1024
-
-
-class StopLike(Protocol):
-    """Anything with ``raise_if_set()`` (the loader's ``StopFlag``)."""
-
-    def raise_if_set(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SpaceUsage:
-    """Block usage of one DuckDB file, from ``pragma_database_size()``."""
-
-    block_size: int
-    total_blocks: int
-    used_blocks: int
-    free_blocks: int
-
-    @property
-    def used_bytes(self) -> int:
-        return self.used_blocks * self.block_size
-
-    @property
-    def free_bytes(self) -> int:
-        return self.free_blocks * self.block_size
-
-    @property
-    def free_ratio(self) -> float:
-        return self.free_blocks / self.total_blocks if self.total_blocks else 0.0
 
 
 @dataclass
@@ -107,24 +80,9 @@ class CompactionReport:
         return asdict(self)
 
 
-def space_usage(wh: Warehouse) -> SpaceUsage:
-    """Block size and total/used/free blocks of the connection's own database file."""
-    row = wh.fetchone(
-        "SELECT block_size, total_blocks, used_blocks, free_blocks FROM pragma_database_size() "
-        "WHERE database_name = current_database()", action="reading the database size")
-    if row is None:
-        raise CompactionError("compaction failed: DuckDB reported no size for the warehouse")
-    return SpaceUsage(*(int(v or 0) for v in row))
-
-
-def estimate_free_ratio(wh: Warehouse) -> float:
-    """Share of the file's blocks that are free (what a rebuild surely gives back)."""
-    return space_usage(wh).free_ratio
-
-
 def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups: int = 3,
                       force: bool = False, lock_timeout: float = 0.0,
-                      stop: StopLike | None = None,
+                      stop: StopFlag | None = None,
                       progress: Callable[[str], None] | None = None) -> CompactionReport:
     """Rebuild the warehouse into a fresh file, verified, and swap it in keeping a backup.
 
@@ -242,7 +200,7 @@ def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float) -> SpaceUsage
         wh.close()  # the copy attaches the file READ_ONLY: no read-write handle may remain
 
 
-def _rebuild(paths: LakePaths, tmp: Path, stop: StopLike | None,
+def _rebuild(paths: LakePaths, tmp: Path, stop: StopFlag | None,
              say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Copy every table into the fresh file ``tmp`` and verify it; return per-table checks."""
     new = open_warehouse(tmp)
@@ -430,7 +388,7 @@ def _failure(exc: BaseException, paths: LakePaths, needed: int) -> CompactionErr
                            "cause and run lake compact again", path=str(paths.warehouse))
 
 
-def _check_stop(stop: StopLike | None) -> None:
+def _check_stop(stop: StopFlag | None) -> None:
     if stop is not None:
         stop.raise_if_set()
 

@@ -1,0 +1,60 @@
+"""`lake health`: the run log's health queries on the published snapshot (read-only, no lock)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lakehouse.db import Warehouse
+from lakehouse.errors import UsageError
+from lakehouse.layout import LakePaths
+from lakehouse.publish import open_snapshot
+
+# The run log's standard questions: `lake health` prints all four; `lake audit` reports the
+# first two (loader/audit.py).
+HEALTH_QUERIES = {
+    "latest_runs": """
+        SELECT job_name, status, started_at, ended_at, duration_ms
+        FROM meta.ingestion_runs
+        QUALIFY row_number() OVER (PARTITION BY job_name ORDER BY started_at DESC) = 1
+        ORDER BY job_name""",
+    "failures_7d": """
+        SELECT started_at, job_name, error_type, error_message
+        FROM meta.ingestion_runs
+        WHERE status = 'failed' AND started_at >= (now()::TIMESTAMP - INTERVAL '7 days')
+        ORDER BY started_at DESC""",
+    "freshness": """
+        SELECT asset_key, scope_key, watermark_ts, updated_at,
+               date_diff('day', watermark_ts, now()::TIMESTAMP) AS staleness_days
+        FROM meta.asset_watermarks ORDER BY asset_key, scope_key""",
+    "failing_checks": """
+        SELECT checked_at, asset_key, partition_key, check_name, severity, message
+        FROM meta.asset_checks WHERE status = 'fail'
+        ORDER BY checked_at DESC LIMIT 200""",
+}
+
+
+def check_health(root: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Run the health queries on the root's published snapshot; rows as dicts by query name.
+
+    Raises:
+        UsageError: no snapshot is published yet (run `lake init` and `lake load` first).
+    """
+    paths = LakePaths.at(root)
+    if not paths.read_snapshot.exists():
+        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
+                         "and `lake load` first")
+    wh = open_snapshot(paths)
+    try:
+        return health_report(wh)
+    finally:
+        wh.close()
+
+
+def health_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
+    """Run the health queries of the observability spec; rows as dicts."""
+    report: dict[str, list[dict[str, Any]]] = {}
+    for name, sql in HEALTH_QUERIES.items():
+        cols, rows = wh.query(sql, action=f"running health query {name}")
+        report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
+    return report
