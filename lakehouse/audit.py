@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse import layout
-from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
+from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, quote
 from lakehouse.errors import LakehouseError
@@ -30,6 +30,8 @@ from lakehouse.fsio import MARKER_MAX_BYTES, read_regular
 from lakehouse.ledger import ledger_entries
 from lakehouse.lock import read_holder
 from lakehouse.migrations import LATEST_VERSION, schema_version
+from lakehouse.object_area import ObjectArea
+from lakehouse.object_store import StagingUnavailableError, StoredObject
 from lakehouse.observability import HEALTH_QUERIES
 from lakehouse.publish import open_snapshot
 from lakehouse.staged import RunRef, discover_runs, uncommitted_runs

@@ -71,7 +71,7 @@ class RunRef:
     """A committed run found in ``staging/<table>/<run_id>/``.
 
     Under the lake root ``path`` is the local folder. In an object store (``store`` is the
-    ``lakehouse.areas.ObjectArea``) it is the folder's key, and ``listing`` holds the run's
+    ``lakehouse.object_area.ObjectArea``) it is the folder's key, and ``listing`` holds the run's
     objects and sizes as listed when the run was found (a committed run never changes).
     """
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lakehouse.areas import ObjectArea, StagingUnavailableError, StoredObject, staging_area
+from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.fsio import MARKER_MAX_BYTES, UnsafeFileError, read_regular
@@ -43,6 +43,8 @@ from lakehouse.ledger import STATUS_QUARANTINED, record_runs, utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
+from lakehouse.object_area import ObjectArea
+from lakehouse.object_store import StagingUnavailableError, StoredObject
 from lakehouse.publish import (
     mark_publish_pending,
     publish_pending,
