@@ -15,7 +15,6 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse.config import TableContract
-from lakehouse.contracts import ValidationOutcome
 from lakehouse.db import Warehouse
 from lakehouse.errors import ContractViolation, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME, parse_run_id
@@ -23,6 +22,7 @@ from lakehouse.ledger import loaded_checksums, loaded_keys
 from lakehouse.manifest import FileEntry, Manifest, ManifestFormatError
 from lakehouse.merge import partition_expression, schema_changes
 from lakehouse.staged import RunRef, VerifiedRun
+from lakehouse.validation import ValidationOutcome
 
 
 @dataclass
