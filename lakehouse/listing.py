@@ -26,8 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lakehouse import layout
-from lakehouse.areas import LocalArea, ObjectArea, StagingArea, StoredObject
+from lakehouse.areas import LocalArea, StagingArea
 from lakehouse.fsio import MARKER_MAX_BYTES, read_regular
+from lakehouse.object_area import ObjectArea
+from lakehouse.object_store import StoredObject
 from lakehouse.staged import discover_runs, uncommitted_runs
 
 MARKERS = (layout.MANIFEST_NAME, layout.ABANDONED_NAME, layout.REASON_NAME)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse import facts, layout
-from lakehouse.areas import StagingUnavailableError, staging_area
+from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, quote
-from lakehouse.errors import LakehouseError
+from lakehouse.errors import LakehouseError, StagingUnavailableError
 from lakehouse.facts import as_utc, iso_utc, json_value
 from lakehouse.ledger import ledger_entries
 from lakehouse.listing import (

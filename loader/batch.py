@@ -13,7 +13,6 @@ from typing import Any
 import pyarrow as pa
 
 from lakehouse.config import TableContract
-from lakehouse.contracts import ValidationOutcome
 from lakehouse.db import Warehouse
 from lakehouse.errors import ContractViolation, ManifestFormatError, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME
@@ -21,6 +20,7 @@ from lakehouse.ledger import loaded_checksums, loaded_keys
 from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.merge import partition_expression, schema_changes
 from lakehouse.staged import RunRef, VerifiedRun
+from lakehouse.validation import ValidationOutcome
 
 
 @dataclass

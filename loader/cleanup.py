@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse import failpoints
-from lakehouse.areas import ObjectArea, StoredObject, staging_area
+from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.errors import StagingUnavailableError, UnsafeFileError
@@ -41,6 +41,8 @@ from lakehouse.ledger import abandoned_row, record_runs
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
+from lakehouse.object_area import ObjectArea
+from lakehouse.object_store import StoredObject
 from lakehouse.publish import (
     mark_publish_pending,
     publish_pending,

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from lakehouse.areas import StagingArea
 from lakehouse.config import LakeConfig, TableContract
-from lakehouse.contracts import SchemaRegistry, check_run
+from lakehouse.contracts import SchemaRegistry
 from lakehouse.db import Warehouse, literal, open_warehouse, quote
 from lakehouse.errors import (
     ContractViolation,
@@ -27,6 +27,7 @@ from lakehouse.merge import (
     find_key_conflicts,
 )
 from lakehouse.staged import RunRef
+from lakehouse.validation import check_run
 from loader.batch import drop_files, find_repeats, lookup_loaded, remember, schema_problem
 from loader.recovery import FINISH, REUSED, judge
 from loader.report import LoadReport, RunOutcome

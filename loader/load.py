@@ -31,12 +31,7 @@ import pyarrow.compute as pc
 from lakehouse import failpoints
 from lakehouse.areas import LocalArea, StagingArea, staging_area
 from lakehouse.config import LakeConfig, TableContract
-from lakehouse.contracts import (
-    SchemaRegistry,
-    ValidationOutcome,
-    check_runs,
-    keys_unique,
-)
+from lakehouse.contracts import SchemaRegistry
 from lakehouse.db import Warehouse, open_warehouse, quote
 from lakehouse.errors import (
     ContractViolation,
@@ -86,6 +81,7 @@ from lakehouse.publish import (
     remove_superseded_snapshots,
 )
 from lakehouse.staged import RunRef, VerifiedRun, verify_run
+from lakehouse.validation import ValidationOutcome, check_runs, keys_unique
 from loader.batch import (
     Accepted,
     Batch,

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakehouse import failpoints
-from lakehouse.areas import ObjectArea, staging_area
+from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.errors import UnsafeFileError, UsageError
@@ -63,6 +63,7 @@ from lakehouse.lock import WarehouseLock
 from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder
+from lakehouse.object_area import ObjectArea
 from lakehouse.publish import mark_publish_pending, publish_snapshot
 
 

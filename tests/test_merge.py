@@ -611,7 +611,7 @@ _KEY_VALUES = st.one_of(
 
 @given(values=_KEY_VALUES, split=st.integers(0, 8))
 def test_key_fast_paths_never_call_repeats_unique(values: list[Any], split: int) -> None:
-    from lakehouse.contracts import keys_unique, strictly_increasing
+    from lakehouse.validation import keys_unique, strictly_increasing
 
     column = pa.array(values)
     if strictly_increasing(column):

@@ -21,9 +21,9 @@ import pytest
 from conftest import LAKE_TOML, REPO, Lake, lake_cli, make_root
 from s3server import S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
-from lakehouse.areas import ObjectArea
 from lakehouse.config import load_config
 from lakehouse.errors import ConfigError, StagingUnavailableError
+from lakehouse.object_area import ObjectArea
 from staging import stage, stage_run
 
 
