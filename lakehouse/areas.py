@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -87,12 +88,24 @@ class StagingArea(Protocol):
 
     description: str
 
+    @property
+    def latency_bound(self) -> bool:
+        """True when reads and moves are network round trips, so that many in flight hide
+        their latency; False when they are page-cache reads and renames."""
+        ...
+
     def discover(self, table: str | None = None) -> list[RunRef]: ...
 
     def verify(self, ref: RunRef, config: LakeConfig) -> VerifiedRun: ...
 
     def archive(self, table: str, run_id: str, *, retention_days: int,
                 sync: bool = True) -> None: ...
+
+    def archive_many(self, refs: Sequence[RunRef], *, retention_days: int,
+                     on_moved: Callable[[RunRef], None] | None = None) -> None:
+        """Archive committed runs, durably once all are moved; ``on_moved`` is called on the
+        caller's thread after each run is moved."""
+        ...
 
     def sync(self, tables: set[str]) -> None: ...
 
@@ -121,6 +134,11 @@ class LocalArea:
         self.paths = config.paths
         self.description = str(self.paths.root)
 
+    @property
+    def latency_bound(self) -> bool:
+        """False: runs are read from the page cache and moved by renames."""
+        return False
+
     def discover(self, table: str | None = None) -> list[RunRef]:
         return discover_runs(self.paths, table)
 
@@ -130,6 +148,18 @@ class LocalArea:
     def archive(self, table: str, run_id: str, *, retention_days: int,
                 sync: bool = True) -> None:
         moves.archive_run(self.paths, table, run_id, retention_days=retention_days, sync=sync)
+
+    def archive_many(self, refs: Sequence[RunRef], *, retention_days: int,
+                     on_moved: Callable[[RunRef], None] | None = None) -> None:
+        """Rename the runs one by one, in order, then fsync their tables' folders once.
+
+        No fsync per run: the ledger recorded them, so a rename lost to a crash is redone by
+        the next load."""
+        for ref in refs:
+            self.archive(ref.table, ref.run_id, retention_days=retention_days, sync=False)
+            if on_moved is not None:
+                on_moved(ref)
+        self.sync({ref.table for ref in refs})
 
     def sync(self, tables: set[str]) -> None:
         moves.sync_folders(self.paths, tables)
@@ -183,6 +213,11 @@ class ObjectArea:
                 f"cannot open staging_root {url!r}: {exc} (install the extra for the store, "
                 "e.g. `pip install 'lake[s3]'`)") from None
         return cls(fs, base, url.rstrip("/"))
+
+    @property
+    def latency_bound(self) -> bool:
+        """True: every read and move is requests to the store."""
+        return True
 
     # -- paths ---------------------------------------------------------------------------
     def folder(self, kind: str, table: str | None = None, run_id: str | None = None) -> str:
@@ -451,6 +486,20 @@ class ObjectArea:
         if retention_days > 0:
             self.copy_run(STAGING_DIR, table, run_id, ARCHIVE_DIR)
         self.delete_run(STAGING_DIR, table, run_id)
+
+    def archive_many(self, refs: Sequence[RunRef], *, retention_days: int,
+                     on_moved: Callable[[RunRef], None] | None = None,
+                     threads: int = 16) -> None:
+        """Move runs concurrently (each run's copy-then-delete stays in order): a move is a
+        handful of round trips, so one at a time would be latency-bound. ``on_moved`` is
+        called as each run's move completes, in that order."""
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            futures = {pool.submit(self.archive, ref.table, ref.run_id,
+                                   retention_days=retention_days): ref for ref in refs}
+            for future in as_completed(futures):
+                future.result()
+                if on_moved is not None:
+                    on_moved(futures[future])
 
     def sync(self, tables: set[str]) -> None:
         """Nothing to flush: each PUT and DELETE is durable when it returns."""
