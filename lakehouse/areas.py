@@ -11,6 +11,7 @@ loader's local disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -26,12 +27,24 @@ class StagingArea(Protocol):
 
     description: str
 
+    @property
+    def latency_bound(self) -> bool:
+        """True when reads and moves are network round trips, so that many in flight hide
+        their latency; False when they are page-cache reads and renames."""
+        ...
+
     def discover(self, table: str | None = None) -> list[RunRef]: ...
 
     def verify(self, ref: RunRef, config: LakeConfig) -> VerifiedRun: ...
 
     def archive(self, table: str, run_id: str, *, retention_days: int,
                 sync: bool = True) -> None: ...
+
+    def archive_many(self, refs: Sequence[RunRef], *, retention_days: int,
+                     on_moved: Callable[[RunRef], None] | None = None) -> None:
+        """Archive committed runs, durably once all are moved; ``on_moved`` is called on the
+        caller's thread after each run is moved."""
+        ...
 
     def sync(self, tables: set[str]) -> None: ...
 
@@ -60,6 +73,11 @@ class LocalArea:
         self.paths = config.paths
         self.description = str(self.paths.root)
 
+    @property
+    def latency_bound(self) -> bool:
+        """False: runs are read from the page cache and moved by renames."""
+        return False
+
     def discover(self, table: str | None = None) -> list[RunRef]:
         return discover_runs(self.paths, table)
 
@@ -69,6 +87,18 @@ class LocalArea:
     def archive(self, table: str, run_id: str, *, retention_days: int,
                 sync: bool = True) -> None:
         moves.archive_run(self.paths, table, run_id, retention_days=retention_days, sync=sync)
+
+    def archive_many(self, refs: Sequence[RunRef], *, retention_days: int,
+                     on_moved: Callable[[RunRef], None] | None = None) -> None:
+        """Rename the runs one by one, in order, then fsync their tables' folders once.
+
+        No fsync per run: the ledger recorded them, so a rename lost to a crash is redone by
+        the next load."""
+        for ref in refs:
+            self.archive(ref.table, ref.run_id, retention_days=retention_days, sync=False)
+            if on_moved is not None:
+                on_moved(ref)
+        self.sync({ref.table for ref in refs})
 
     def sync(self, tables: set[str]) -> None:
         moves.sync_folders(self.paths, tables)

@@ -20,7 +20,7 @@ Listing and reading the store (for `lake cleanup`, `lake quarantine` and `lake a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -64,6 +64,11 @@ class ObjectArea(ObjectStore):
         return cls(fs, base, url.rstrip("/"))
 
     # -- runs in staging ----------------------------------------------------------------
+    @property
+    def latency_bound(self) -> bool:
+        """True: every read and move is requests to the store."""
+        return True
+
     def discover(self, table: str | None = None) -> list[RunRef]:
         return self.committed(self.runs_detail(STAGING_DIR, table))
 
@@ -138,6 +143,12 @@ class ObjectArea(ObjectStore):
         if retention_days > 0:
             self.copy_run(STAGING_DIR, table, run_id, ARCHIVE_DIR)
         self.delete_run(STAGING_DIR, table, run_id)
+
+    def archive_many(self, refs: Sequence[RunRef], *, retention_days: int,
+                     on_moved: Callable[[RunRef], None] | None = None) -> None:
+        """Archive committed runs, durably once all are moved; ``on_moved`` is called on the
+        caller's thread after each run is moved."""
+        ...
 
     def sync(self, tables: set[str]) -> None:
         """Nothing to flush: each PUT and DELETE is durable when it returns."""

@@ -2,7 +2,7 @@
 
 A *candidate* is a verified run waiting for validation; once validated it becomes an
 *accepted* run (maybe with some rows dropped) or a rejected one. A batch is what one
-transaction commits.
+transaction commits; :class:`BatchView` shows its accepted runs to DuckDB as one table.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from lakehouse.config import TableContract
 from lakehouse.db import Warehouse
 from lakehouse.errors import ContractViolation, ManifestFormatError, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME
-from lakehouse.ledger import loaded_checksums, loaded_keys
-from lakehouse.manifest import FileEntry, Manifest
-from lakehouse.merge import partition_expression, schema_changes
+from lakehouse.manifest import Manifest
+from lakehouse.merge import BATCH_NAME, build_batch, partition_expression, schema_changes
 from lakehouse.staged import RunRef, VerifiedRun
 from lakehouse.validation import ValidationOutcome
 
@@ -65,6 +64,42 @@ class Batch:
         return self.candidates[0].data.schema if self.candidates else None
 
 
+class BatchView:
+    """The accepted runs of a batch exposed to DuckDB as one Arrow table (``BATCH_NAME``),
+    for the key checks of screening and for the merge: registered again only when the runs
+    changed."""
+
+    def __init__(self, wh: Warehouse) -> None:
+        self.wh = wh
+        self._registered: tuple[pa.Table, ...] | None = None  # the runs registered now
+        self._table: pa.Table | None = None  # ... and the batch made of them
+
+    def register(self, batch: Batch) -> None:
+        """Expose the accepted runs as one Arrow table (rebuilt only when they changed)."""
+        # Holding the tables themselves (not their ids) so a freed table's id can't be reused.
+        key = tuple(a.data for a in batch.accepted)
+        if self._registered is not None and len(self._registered) == len(key) and all(
+                x is y for x, y in zip(self._registered, key, strict=True)):
+            return
+        data = build_batch([a.data for a in batch.accepted],
+                           [a.verified.ref.run_id for a in batch.accepted])
+        self.wh.unregister(BATCH_NAME)
+        self.wh.register(BATCH_NAME, data)
+        self._registered, self._table = key, data
+
+    def make_contiguous(self) -> None:
+        """Re-register the batch as one chunk per column (for an insert in batch order)."""
+        data = self._table
+        if data is not None and any(c.num_chunks > 1 for c in data.columns):
+            self._table = data.combine_chunks()
+            self.wh.unregister(BATCH_NAME)
+            self.wh.register(BATCH_NAME, self._table)
+
+    def unregister(self) -> None:
+        self.wh.unregister(BATCH_NAME)
+        self._registered, self._table = None, None
+
+
 def peek_manifest(ref: RunRef) -> Manifest | None:
     """A rejected run's manifest for its ledger row, if it can be read at all.
 
@@ -75,51 +110,6 @@ def peek_manifest(ref: RunRef) -> Manifest | None:
         return Manifest.from_json(ref.read_bytes(MANIFEST_NAME))
     except (OSError, ManifestFormatError):
         return None
-
-
-@dataclass
-class Repeats:
-    """What of a run earlier runs already loaded: a reason to skip it whole, or some files."""
-
-    skip: tuple[str, str] | None = None  # (reason code, message)
-    files: list[FileEntry] = field(default_factory=list)  # files whose content was loaded
-
-
-def find_repeats(manifest: Manifest, merge: str, keys_seen: dict[str, str],
-                 sums_seen: dict[str, str]) -> Repeats:
-    """Skip a run whose idempotency key was loaded, and an ``append`` run whose every file
-    was (appending the same content again would duplicate rows); otherwise list the files
-    loaded before. ``keys_seen`` / ``sums_seen``: key / checksum -> the run that loaded it.
-    The load and its dry run both decide here."""
-    if manifest.key is not None and manifest.key in keys_seen:
-        return Repeats(("duplicate_key", f"idempotency key {manifest.key!r} already loaded "
-                                         f"by run {keys_seen[manifest.key]}"))
-    files = [f for f in manifest.files if f.sha256 in sums_seen]
-    if files and merge == "append" and len(files) == len(manifest.files):
-        return Repeats(("duplicate_content", f"every file was already loaded (first by run "
-                                             f"{sums_seen[files[0].sha256]})"), files)
-    return Repeats(None, files)
-
-
-def remember(manifest: Manifest, run_id: str, keys_seen: dict[str, str],
-             sums_seen: dict[str, str]) -> None:
-    """Count a run as loaded for the repeat checks of the runs after it."""
-    if manifest.key is not None:
-        keys_seen[manifest.key] = run_id
-    for f in manifest.files:
-        sums_seen.setdefault(f.sha256, run_id)
-
-
-def lookup_loaded(wh: Warehouse, table: str, manifests: list[Manifest],
-                  keys_seen: dict[str, str], sums_seen: dict[str, str]) -> None:
-    """Add the idempotency keys and file checksums of these manifests that earlier loads
-    loaded into ``table``: one ledger query each."""
-    keys = [k for m in manifests if (k := m.key) is not None and k not in keys_seen]
-    sums = [f.sha256 for m in manifests for f in m.files if f.sha256 not in sums_seen]
-    for key, run_id in loaded_keys(wh, table, keys).items():
-        keys_seen.setdefault(key, run_id)
-    for digest, run_id in loaded_checksums(wh, table, sums).items():
-        sums_seen.setdefault(digest, run_id)
 
 
 def drop_files(data: pa.Table, manifest: Manifest, names: set[str]) -> tuple[pa.Table, list[str]]:

@@ -28,9 +28,10 @@ from lakehouse.merge import (
 )
 from lakehouse.staged import RunRef
 from lakehouse.validation import check_run
-from loader.batch import drop_files, find_repeats, lookup_loaded, remember, schema_problem
+from loader.batch import drop_files, schema_problem
 from loader.recovery import FINISH, REUSED, judge
 from loader.report import LoadReport, RunOutcome
+from loader.screen import SeenRuns
 
 
 def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
@@ -56,8 +57,7 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
         scratch.execute(f"SET temp_directory = {literal(spill.name)}",
                         action="setting the dry run's spill folder")
         entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs]) if wh else {}
-        keys_seen: dict[str, dict[str, str]] = {}  # table -> idempotency key -> run
-        sums_seen: dict[str, dict[str, str]] = {}  # table -> file checksum -> run
+        seen: dict[str, SeenRuns] = {}  # table -> what its runs loaded, by key and checksum
         for ref in refs:
             entry = entries.get((ref.table, ref.run_id))
             # What the load's recovery step would decide (``loader/recovery.py``); a run it
@@ -76,8 +76,7 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
                     reason_code=error.code, message=error.problem))
                 continue
             report.runs.append(_dry_run_one(config, area, ref, schemas, wh, scratch,
-                                            keys_seen.setdefault(ref.table, {}),
-                                            sums_seen.setdefault(ref.table, {})))
+                                            seen.setdefault(ref.table, SeenRuns())))
     finally:
         scratch.close()
         spill.cleanup()
@@ -91,11 +90,10 @@ def _open_ledger(paths: LakePaths) -> Warehouse | None:
 
 
 def _dry_run_one(config: LakeConfig, area: StagingArea, ref: RunRef, schemas: SchemaRegistry,
-                 wh: Warehouse | None, scratch: Warehouse, keys: dict[str, str],
-                 sums: dict[str, str]) -> RunOutcome:
+                 wh: Warehouse | None, scratch: Warehouse, seen: SeenRuns) -> RunOutcome:
     """What the load would do with one run the ledger does not know, in the load's order:
-    verify, skip repeats, drop repeated files, validate, screen against the table. ``keys``
-    and ``sums`` hold what earlier loads and earlier runs of this dry run loaded; ``scratch``
+    verify, skip repeats, drop repeated files, validate, screen against the table. ``seen``
+    holds what earlier loads and earlier runs of this dry run loaded; ``scratch``
     is ``wh`` or, before the first load, an in-memory database."""
     try:
         verified = area.verify(ref, config)
@@ -105,8 +103,8 @@ def _dry_run_one(config: LakeConfig, area: StagingArea, ref: RunRef, schemas: Sc
     contract = config.table(ref.table)
     manifest = verified.manifest
     if wh is not None:
-        lookup_loaded(wh, ref.table, [manifest], keys, sums)
-    repeats = find_repeats(manifest, contract.merge, keys, sums)
+        seen.look_up(wh, ref.table, [manifest])
+    repeats = seen.repeats(manifest, contract.merge)
     if repeats.skip is not None:
         code, message = repeats.skip
         return RunOutcome(ref.table, ref.run_id, "would_skip", reason_code=code, message=message)
@@ -122,7 +120,7 @@ def _dry_run_one(config: LakeConfig, area: StagingArea, ref: RunRef, schemas: Sc
                           reason_code=violation.code, message=violation.problem)
     result = _against_table(scratch, contract, ref, data)
     if result.status == "would_load":
-        remember(manifest, ref.run_id, keys, sums)
+        seen.remember(manifest, ref.run_id)
     return result
 
 

@@ -538,7 +538,7 @@ def test_verification_yields_every_run_in_order_across_chunk_sizes(lake: Lake) -
     mix of both, with corrupt runs inside chunks, comes back in staging order, each run with
     its own outcome."""
     from lakehouse.staged import VerifiedRun, discover_runs
-    from loader.load import _verify_ahead
+    from loader.prefetch import verify_ahead
 
     corrupt = set()
     big = set()
@@ -556,7 +556,7 @@ def test_verification_yields_every_run_in_order_across_chunk_sizes(lake: Lake) -
             corrupt.add(manifest.run_id)
     config = lake.config()
     refs = discover_runs(config.paths)
-    seen = list(_verify_ahead(refs, config))
+    seen = list(verify_ahead(refs, config))
     assert [ref.run_id for ref, _ in seen] == [ref.run_id for ref in refs]
     rejected = {ref.run_id for ref, outcome in seen if not isinstance(outcome, VerifiedRun)}
     assert rejected == corrupt
