@@ -42,6 +42,7 @@ abandon_after_hours = 24      # uncommitted runs older than this are cleaned up
 # schema = "contracts.events:EventSchema"   # a pandera schema or model, by import path
 # primary_key = ["event_id"]
 # partition_by = { column = "ts", granularity = "month" }   # identity | day | month | year
+# partition_by = [{ column = "symbol" }, { column = "ts", granularity = "month" }]   # nested
 # merge = "upsert"                # append | upsert | replace_partition
 # on_invalid = "quarantine"       # quarantine | drop_rows | abort
 # schema_evolution = "add_columns"   # freeze | add_columns
@@ -50,10 +51,13 @@ abandon_after_hours = 24      # uncommitted runs older than this are cleaned up
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """How a table is partitioned: by ``column``, truncated to ``granularity``."""
+    """One partition column of a table: ``column``, truncated to ``granularity``."""
 
     column: str
     granularity: str = "identity"
+
+
+MAX_PARTITION_COLUMNS = 4  # more nested folders than this is a layout no engine prunes well
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,17 @@ class TableContract:
     schema: str | None = None
     schema_file: str | None = None
     primary_key: tuple[str, ...] = ()
-    partition_by: PartitionSpec | None = None
+    # The partition columns in nesting order; None (never empty) for an unpartitioned table.
+    partition_by: tuple[PartitionSpec, ...] | None = None
     merge: str = "append"
     on_invalid: str = "quarantine"
     schema_evolution: str = "freeze"
     validation: str = "grouped"
+
+    @property
+    def partitions(self) -> tuple[PartitionSpec, ...]:
+        """The partition columns in nesting order (empty for an unpartitioned table)."""
+        return self.partition_by or ()
 
 
 @dataclass(frozen=True)
@@ -229,22 +239,49 @@ def _parse_table(name: str, body: Any, where: str) -> TableContract:
     )
 
 
-def _parse_partition(table: str, value: Any, where: str) -> PartitionSpec | None:
+def _parse_partition(table: str, value: Any, where: str) -> tuple[PartitionSpec, ...] | None:
+    """``partition_by``: one inline table (or a column name, for identity), or a list of them
+    for nested partitions (``[{ column = "symbol" }, { column = "ts", granularity = "month" }]``).
+    """
     if value is None:
         return None
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError("is an empty list; give at least one { column = \"...\" } or "
+                              "leave partition_by out", table=table, key="partition_by",
+                              path=where)
+        if len(value) > MAX_PARTITION_COLUMNS:
+            raise ConfigError(f"has {len(value)} columns; at most {MAX_PARTITION_COLUMNS} "
+                              "partition columns are supported", table=table,
+                              key="partition_by", path=where)
+        specs = tuple(_partition_column(table, item, f"partition_by[{i}]", where)
+                      for i, item in enumerate(value))
+    else:
+        specs = (_partition_column(table, value, "partition_by", where),)
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.column.lower() in seen:
+            # Two granularities of one column (ts by year and by month) nest nothing new.
+            raise ConfigError(f"names column {spec.column!r} twice; a column partitions once",
+                              table=table, key="partition_by", path=where)
+        seen.add(spec.column.lower())
+    return specs
+
+
+def _partition_column(table: str, value: Any, key: str, where: str) -> PartitionSpec:
     if isinstance(value, str):
         value = {"column": value}
     if not isinstance(value, dict) or set(value) - {"column", "granularity"}:
-        raise ConfigError("must be { column = \"...\", granularity = \"...\" }",
-                          table=table, key="partition_by", path=where)
+        raise ConfigError("must be { column = \"...\", granularity = \"...\" } or a list of "
+                          "them", table=table, key=key, path=where)
     column = value.get("column")
     if not isinstance(column, str) or not is_identifier(column):
         raise ConfigError(f"column must be a column name, got {column!r}",
-                          table=table, key="partition_by.column", path=where)
+                          table=table, key=f"{key}.column", path=where)
     granularity = value.get("granularity", "identity")
     if granularity not in GRANULARITIES:
         raise ConfigError(f"must be one of {list(GRANULARITIES)}, got {granularity!r}",
-                          table=table, key="partition_by.granularity", path=where)
+                          table=table, key=f"{key}.granularity", path=where)
     return PartitionSpec(column=column, granularity=granularity)
 
 

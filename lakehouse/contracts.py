@@ -154,8 +154,7 @@ def _check_lake_columns(schema: Any, contract: TableContract, config: LakeConfig
         return
     patterns = [str(name) for name, col in columns.items() if getattr(col, "regex", False)]
     wanted = [(c, "primary_key") for c in contract.primary_key]
-    if contract.partition_by is not None:
-        wanted.append((contract.partition_by.column, "partition_by.column"))
+    wanted += [(spec.column, "partition_by.column") for spec in contract.partitions]
     for column, key in wanted:
         if column in columns or any(_may_match(p, column) for p in patterns):
             continue

@@ -136,6 +136,11 @@ class ExportError(LakehouseError):
         super().__init__(problem)
 
 
+class PartitionValueError(ExportError):
+    """A partition value no Hive folder name carries to every reader (a data problem: the
+    export writes nothing, and the previous one stays published)."""
+
+
 @dataclass
 class FailureRecord:
     """One failed check of one run, as stored in ``_reason.json`` and ``meta.asset_checks``."""

@@ -9,25 +9,24 @@ is rewritten). A change of columns or of the partition key makes the export full
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 from lakehouse.db import Warehouse, quote
 from lakehouse.errors import ExportError, UsageError
 from lakehouse.export_target import ExportTarget
 from lakehouse.layout import PARTITION_COLUMN, RUN_ID_COLUMN
+from lakehouse.partition_values import HIVE_NULL, hive_folder, split_values
 
 POINTER_FORMAT = "lake.export/1"
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # DuckDB's (and Hive's) folder value for NULL
 
 
 @dataclass(frozen=True)
 class Partition:
     """One partition folder of an export version, as the pointer lists it."""
 
-    value: str | None  # the partition value (None: NULL, or the whole unpartitioned table)
-    folder: str  # ``<key>=<escaped value>``, or "" for an unpartitioned table
+    value: str | None  # the ``_lake_partition`` text (None: the whole unpartitioned table)
+    folder: str  # ``<key>=<escaped value>[/<key>=...]``, or "" for an unpartitioned table
     rows: int
     bytes: int
     files: tuple[str, ...]  # file names inside the folder
@@ -52,13 +51,43 @@ class Source:
 
     table: str
     columns: tuple[tuple[str, str], ...]  # user columns (name, DuckDB type), in order
-    partition_column: str | None
+    partition_column: str | None  # the first partition column (the only one, mostly)
     granularity: str | None
-    key: str | None  # the Hive key: ``<column>_<granularity>``, e.g. ``ts_month``
+    key: str | None  # the Hive key ``<column>_<granularity>`` (``ts_month``); several: the
+    # keys joined by "/" (``symbol_identity/ts_month``), the folder levels they nest in
+    partition_columns: tuple[str, ...] = ()
+    granularities: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # one Hive key per partition column, outermost first
 
     def schema(self) -> list[dict[str, str]]:
         """The columns as the pointer lists them."""
         return [{"name": n, "type": t} for n, t in self.columns]
+
+    def partition_by(self) -> dict[str, str] | list[dict[str, str]] | None:
+        """The spec as the pointer lists it: one ``{column, granularity}``, or a list of them
+        for a table partitioned by several columns."""
+        specs = [{"column": c, "granularity": g}
+                 for c, g in zip(self.partition_columns, self.granularities, strict=True)]
+        return None if not specs else specs[0] if len(specs) == 1 else specs
+
+    def folder(self, value: str | None) -> str:
+        """The nested Hive folders of a partition (``_lake_partition`` text), escaped as Spark
+        escapes them (``lakehouse/partition_values.py``).
+
+        Raises:
+            PartitionValueError: a value not every engine reads back as written.
+        """
+        if not self.keys:
+            return ""
+        if value is None:
+            return "/".join(f"{k}={HIVE_NULL}" for k in self.keys)
+        try:
+            values = split_values(value, len(self.keys))
+        except ValueError:
+            raise ExportError(f"table {self.table} has the partition {value!r}, which is not "
+                              f"one of the {len(self.keys)} partition columns the table was "
+                              "built with; run lake audit") from None
+        return hive_folder(self.table, self.keys, values)
 
 
 @dataclass
@@ -71,6 +100,7 @@ class Plan:
     remove: list[Partition]
     full: bool
     reason: str
+    folders: dict[str | None, str] = field(default_factory=dict)  # value -> its Hive folders
 
     @property
     def up_to_date(self) -> bool:
@@ -90,17 +120,26 @@ def describe_source(wh: Warehouse, table: str) -> Source:
         raise UsageError(f"table {table} has no data yet: run `lake load` first, then export")
     row = wh.fetchone("SELECT partition_column, partition_granularity FROM meta.tables "
                       "WHERE table_name = ?", [table], action="reading meta.tables")
-    column, granularity = (row[0], row[1] or "identity") if row and row[0] else (None, None)
-    key = hive_key(column, granularity, [n for n, _ in columns]) if column else None
-    return Source(table, tuple(columns), column, granularity, key)
+    # Several partition columns are listed with commas (``lakehouse/merge.py``).
+    names = tuple(row[0].split(",")) if row and row[0] else ()
+    grains = tuple((row[1] or "").split(",")) if names and row else ()
+    grains = tuple(g or "identity" for g in grains) + ("identity",) * (len(names) - len(grains))
+    taken = [n for n, _ in columns]
+    keys: list[str] = []
+    for name, grain in zip(names, grains, strict=False):
+        keys.append(hive_key(name, grain, [*taken, *keys]))
+    return Source(table, tuple(columns), names[0] if names else None,
+                  grains[0] if names else None, "/".join(keys) or None, names,
+                  grains[: len(names)], tuple(keys))
 
 
 def hive_key(column: str, granularity: str | None, columns: list[str]) -> str:
     """The Hive partition key: ``<column>_<granularity>`` (``ts_month``, ``day_identity``),
-    prefixed with ``lake_`` while it would clash with a column of the table."""
+    prefixed with ``lake_`` while it would clash with a column of the table (or another key),
+    or start with ``_`` (Spark and pyarrow skip folders named ``_...``)."""
     key = f"{column}_{granularity or 'identity'}"
     taken = {c.lower() for c in columns}
-    while key.lower() in taken:
+    while key.lower() in taken or key.startswith("_"):
         key = f"lake_{key}"
     return key
 
@@ -117,8 +156,14 @@ def fingerprint_partitions(wh: Warehouse, source: Source) -> dict[str | None, tu
 
 def plan_export(wh: Warehouse, source: Source, pointer: dict[str, Any] | None,
                 target: ExportTarget, *, full: bool = False) -> Plan:
-    """Which partitions to write, carry over and remove, against the current pointer."""
+    """Which partitions to write, carry over and remove, against the current pointer.
+
+    Raises:
+        PartitionValueError: a partition value not every engine reads back (nothing written).
+    """
     fingerprints = fingerprint_partitions(wh, source)
+    # Every folder name first: a value no reader can carry stops the export before it writes.
+    folders = {value: source.folder(value) for value in fingerprints}
     full_reason = _full_reason(source, pointer, full)
     try:
         previous = {p.value: p for p in pointer_partitions(pointer)}
@@ -131,9 +176,10 @@ def plan_export(wh: Warehouse, source: Source, pointer: dict[str, Any] | None,
     carry, write = [], []
     for value, (_rows, fp) in sorted(fingerprints.items(), key=lambda kv: sort_key(kv[0])):
         old = None if full_reason else previous.get(value)
-        # Carried only if unchanged and every file is still there (a hand-deleted file is
-        # rewritten, not published missing).
-        if old is not None and old.fingerprint == fp and all(
+        # Carried only if unchanged, in the folder this Lake names it (an export by an older
+        # Lake escaped values otherwise) and with every file still there (a hand-deleted file
+        # is rewritten, not published missing).
+        if old is not None and old.fingerprint == fp and old.folder == folders[value] and all(
                 relative_path(old.folder, f) in present for f in old.files):
             carry.append(old)
         else:
@@ -143,7 +189,7 @@ def plan_export(wh: Warehouse, source: Source, pointer: dict[str, Any] | None,
     reason = full_reason or (
         "up to date: no partition changed since the last export" if not write and not remove
         else f"incremental: {len(write)} partitions changed or new, {len(remove)} removed")
-    return Plan(fingerprints, write, carry, remove, bool(full_reason), reason)
+    return Plan(fingerprints, write, carry, remove, bool(full_reason), reason, folders)
 
 
 def _full_reason(source: Source, pointer: dict[str, Any] | None, full: bool) -> str:
@@ -173,12 +219,6 @@ def pointer_partitions(pointer: dict[str, Any] | None) -> list[Partition]:
     except (KeyError, TypeError, ValueError):
         raise ExportError("the export pointer lists partitions Lake cannot read; run "
                           "lake export --full to rewrite the export") from None
-
-
-def folder_value(folder: str) -> str | None:
-    """The partition value of a Hive folder name written by DuckDB (percent-decoded)."""
-    _, _, encoded = folder.partition("=")
-    return None if encoded == HIVE_NULL else unquote(encoded)
 
 
 def sort_key(value: str | None) -> tuple[int, str]:

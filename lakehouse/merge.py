@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lakehouse.config import TableContract
+from lakehouse.config import PartitionSpec, TableContract
 from lakehouse.db import Warehouse, literal, quote
 from lakehouse.layout import PARTITION_COLUMN, RUN_ID_COLUMN
 
@@ -123,11 +123,28 @@ def partition_expression(contract: TableContract, column_types: dict[str, str]) 
 
     Granularity ``identity`` keeps the value as text; ``day``/``month``/``year`` truncate a date
     or timestamp (time zones are read in UTC) to ``YYYY-MM-DD`` / ``YYYY-MM`` / ``YYYY``, which
-    sort in time order.
+    sort in time order. One column gives its text; several give ``a=<text>/b=<text>``, each
+    text's ``%`` and ``/`` escaped (``lakehouse/partition_values.py`` reads it back).
     """
-    spec = contract.partition_by
-    if spec is None:
+    specs = contract.partitions
+    if not specs:
         return "NULL::VARCHAR"
+    texts = [partition_text(spec, column_types) for spec in specs]
+    if any(t is None for t in texts):
+        return None
+    if len(specs) == 1:
+        return texts[0]
+    parts = []
+    for spec, text in zip(specs, texts, strict=True):
+        if spec.granularity == "identity":  # a date format never holds % or /
+            text = f"replace(replace({text}, '%', '%25'), '/', '%2F')"
+        parts.append(f"{literal(spec.column + '=')} || {text}")
+    return "(" + " || '/' || ".join(parts) + ")"
+
+
+def partition_text(spec: PartitionSpec, column_types: dict[str, str]) -> str | None:
+    """SQL for one partition column's text; ``None`` when the column is missing or its type
+    cannot take the granularity."""
     column_type = column_types.get(spec.column.lower())
     if column_type is None:
         return None
@@ -147,13 +164,15 @@ def ensure_table(wh: Warehouse, contract: TableContract,
     cols += [f"{PARTITION_COLUMN} VARCHAR", f"{RUN_ID_COLUMN} VARCHAR"]
     wh.execute(f"CREATE TABLE {quote(contract.name)} ({', '.join(cols)})",
                action=f"creating table {contract.name}")
-    spec = contract.partition_by
+    specs = contract.partitions
+    # Several partition columns are listed with commas, like the key (names never hold one).
     wh.execute(
         "INSERT INTO meta.tables VALUES (?, ?, ?, ?, ?, now(), now()) ON CONFLICT (table_name) "
         "DO UPDATE SET partition_column = excluded.partition_column, "
         "partition_granularity = excluded.partition_granularity, merge = excluded.merge, "
         "primary_key = excluded.primary_key, updated_at = now()",
-        [contract.name, spec.column if spec else None, spec.granularity if spec else None,
+        [contract.name, ",".join(s.column for s in specs) or None,
+         ",".join(s.granularity for s in specs) or None,
          contract.merge, ",".join(contract.primary_key)],
         action=f"registering table {contract.name}")
     return True
@@ -277,7 +296,7 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
                   f"{ROW_COLUMN} FROM {BATCH_NAME}")
     # Without ORDER BY, DuckDB keeps the scan's order (preserve_insertion_order, on by
     # default); a QUALIFY window does not, so a deduplicated batch is always sorted.
-    order = "" if contract.partition_by is None or (summary.ordered and not qualify) else \
+    order = "" if not contract.partitions or (summary.ordered and not qualify) else \
         f" ORDER BY {_sort_key(contract)}"
     if not order and not qualify and contiguous is not None:
         contiguous()
@@ -298,11 +317,25 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
 def _sort_key(contract: TableContract) -> str:
     """What puts rows in partition order: for a date granularity the truncated value itself
     (a timestamp sorts ~15 % faster than its text; both orders agree for years 1000-9999,
-    and the order only serves row-group pruning), otherwise the partition text."""
-    spec = contract.partition_by
+    and the order only serves row-group pruning), otherwise the partition text (several
+    columns: by the first, then the next, as the text names them in order)."""
+    spec = _single(contract)
     if spec is not None and spec.granularity in _FORMATS:
         return f"date_trunc({literal(spec.granularity)}, {quote(spec.column)})"
     return PARTITION_COLUMN
+
+
+def _single(contract: TableContract) -> PartitionSpec | None:
+    """The partition column of a table partitioned by exactly one (the fast paths' case)."""
+    specs = contract.partitions
+    return specs[0] if len(specs) == 1 else None
+
+
+def range_column(contract: TableContract) -> PartitionSpec | None:
+    """The partition column whose min/max the run log records per partition (the event time
+    of the watermark): the first with a date granularity, else the first."""
+    specs = contract.partitions
+    return next((s for s in specs if s.granularity in _FORMATS), specs[0] if specs else None)
 
 
 def _run_ids(wh: Warehouse) -> list[str]:
@@ -316,7 +349,7 @@ def _run_ids(wh: Warehouse) -> list[str]:
 
 
 def _column_type(run_columns: list[tuple[str, str]], contract: TableContract) -> str | None:
-    spec = contract.partition_by
+    spec = range_column(contract)
     if spec is None:
         return None
     return next((t for n, t in run_columns if n.lower() == spec.column.lower()), None)
@@ -337,7 +370,7 @@ def _partition_stats(wh: Warehouse, contract: TableContract, rows_sql: str,
     """Rows written per partition (after dedupe) and the partition column's range there; and
     whether the rows are already in partition order (each partition's batch positions come
     after the previous partition's)."""
-    spec = contract.partition_by
+    spec = range_column(contract)
     if spec is None:
         row = wh.fetchone(f"SELECT count(*) FROM ({rows_sql})")
         return _Summary({"": PartitionStats(int(row[0]) if row else 0)}, True)
@@ -345,7 +378,7 @@ def _partition_stats(wh: Warehouse, contract: TableContract, rows_sql: str,
     value = col
     if column_type and column_type.startswith("TIMESTAMP WITH TIME ZONE"):
         value = f"CAST({col} AS TIMESTAMP)"  # UTC wall time (the session time zone is UTC)
-    if spec.granularity in _FORMATS:
+    if spec.granularity in _FORMATS and len(contract.partitions) == 1:
         # Group on the truncated value and format each group once (formatting every row
         # doubles the query: ~40 ms against ~18 ms per million rows). strftime of date_trunc
         # is the row's own partition text: the format shows only fields that date_trunc keeps
@@ -375,7 +408,7 @@ def _partition_lookup(contract: TableContract, summary: _Summary, partition_sql:
     truncated value: comparing a timestamp with a few constants costs about half of
     formatting every row (and a fifth of the insert). Rows that match no key (none should)
     fall back to ``partition_sql``."""
-    spec = contract.partition_by
+    spec = _single(contract)
     if (spec is None or spec.granularity not in _FORMATS or not summary.keys
             or len(summary.keys) > _LOOKUP_MAX_PARTITIONS):
         return partition_sql

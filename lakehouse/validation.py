@@ -111,8 +111,7 @@ def _check_keys_and_partition(table: pa.Table, contract: TableContract,
                               ) -> None:
     names = set(table.column_names)
     required = list(contract.primary_key)
-    if contract.partition_by is not None:
-        required.append(contract.partition_by.column)
+    required += [spec.column for spec in contract.partitions]
     for column in dict.fromkeys(required):
         if column not in names:
             outcome.add(FailureRecord("column_present", column), schema_level=True)

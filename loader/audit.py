@@ -33,6 +33,7 @@ from lakehouse.listing import (
     list_temp_files,
 )
 from lakehouse.lock import read_holder
+from lakehouse.merge import range_column
 from lakehouse.migrations import LATEST_VERSION, schema_version
 from lakehouse.publish import open_snapshot
 from loader.health import HEALTH_QUERIES
@@ -212,13 +213,15 @@ class _Audit:
         out: dict[str, Any] = {}
         for name in sorted(set(self.config.tables) | present):
             contract = self.config.tables.get(name)
-            spec = contract.partition_by if contract else None
+            spec = range_column(contract) if contract else None
             mark = marks.get(name, (None, None))
             info = out[name] = {
                 "declared": contract is not None, "exists": name in present,
                 "merge": contract.merge if contract else None,
                 "primary_key": list(contract.primary_key) if contract else [],
-                "partition_column": spec.column if spec else None, "rows": None,
+                "partition_column": spec.column if spec else None,
+                "partition_columns": [s.column for s in contract.partitions] if contract else [],
+                "rows": None,
                 "partition_count": None, "partitions": [], "partition_min": None,
                 "partition_max": None, "watermark": iso_utc(mark[0]),
                 "watermark_updated_at": iso_utc(mark[1]),

@@ -17,7 +17,13 @@ from lakehouse.db import Warehouse
 from lakehouse.errors import ContractViolation, ManifestFormatError, RunRejectedError
 from lakehouse.layout import MANIFEST_NAME
 from lakehouse.manifest import Manifest
-from lakehouse.merge import BATCH_NAME, build_batch, partition_expression, schema_changes
+from lakehouse.merge import (
+    BATCH_NAME,
+    build_batch,
+    partition_expression,
+    partition_text,
+    schema_changes,
+)
 from lakehouse.staged import RunRef, VerifiedRun
 from lakehouse.validation import ValidationOutcome
 
@@ -159,8 +165,7 @@ def schema_problem(contract: TableContract, run_columns: list[tuple[str, str]],
         return "; ".join(parts)
     types = {n.lower(): t for n, t in run_columns}
     if partition_expression(contract, types) is None:
-        spec = contract.partition_by
-        assert spec is not None
+        spec = next(s for s in contract.partitions if partition_text(s, types) is None)
         return (f"partition column {spec.column!r} is {types.get(spec.column.lower())}"
                 f"; granularity {spec.granularity!r} needs a DATE or TIMESTAMP")
     return None
