@@ -88,6 +88,8 @@ class TableSpec:
     primary_key: tuple[str, ...] = ()
     partition_column: str | None = None
     granularity: str = "identity"  # identity | day | month | year
+    # Further partition columns nested under the first: ((column, granularity), ...).
+    then_by: tuple[tuple[str, str], ...] = ()
     on_invalid: str = "quarantine"  # quarantine | drop_rows | abort
     schema_evolution: str = "freeze"  # freeze | add_columns
     row_check: Callable[[Row], bool] | None = None  # the pandera contract's row checks
@@ -99,11 +101,24 @@ class TableSpec:
         assert self.frame_check is None or self.validation == "per_run", \
             "CONTRACTS.md: dataframe-wide checks that aggregate over rows need per_run"
 
+    @property
+    def partition_columns(self) -> list[str]:
+        """Every partition column, outermost first."""
+        if self.partition_column is None:
+            return []
+        return [self.partition_column, *(c for c, _ in self.then_by)]
+
     def partition_value(self, row: Row) -> str | None:
-        """The ``_lake_partition`` text of a valid row."""
+        """The ``_lake_partition`` text of a valid row: one column's text, or for several
+        ``a=<text>/b=<text>`` with each text's ``%`` and ``/`` escaped (CONTRACTS.md)."""
         if self.partition_column is None:
             return None
-        return partition_value(row[self.partition_column], self.granularity)
+        specs = [(self.partition_column, self.granularity), *self.then_by]
+        texts = [partition_value(row[c], g) for c, g in specs]
+        if len(texts) == 1:
+            return texts[0]
+        return "/".join(f"{c}={t.replace('%', '%25').replace('/', '%2F')}"
+                        for (c, _), t in zip(specs, texts, strict=True))
 
 
 @dataclass(frozen=True)
@@ -334,9 +349,7 @@ def judged_before_validation(state: TableState, run: StagedRun) -> Outcome | Non
 
 def _invalid_rows(spec: TableSpec, rows: list[Row]) -> set[int]:
     """Row numbers that fail Lake's own checks or the contract's row check."""
-    required = [*spec.primary_key]
-    if spec.partition_column is not None:
-        required.append(spec.partition_column)
+    required = [*spec.primary_key, *spec.partition_columns]
     invalid = {i for i, r in enumerate(rows) if any(r[c] is None for c in required)}
     if spec.primary_key and spec.merge != "upsert":
         # Every occurrence of a repeated key is invalid (a null key counts as a value here,

@@ -147,6 +147,20 @@ on_invalid = "drop_rows"
 validation = "per_run"
 schema_evolution = "add_columns"
 
+# replace_partition by (k, month) pairs: two nested partition columns
+[tables.mp]
+partition_by = [{{ column = "k" }}, {{ column = "ts", granularity = "month" }}]
+merge = "replace_partition"
+
+# upsert by id into (k, day) partitions: a row may move to another pair
+[tables.mu]
+primary_key = ["id"]
+partition_by = [
+  {{ column = "k", granularity = "identity" }},
+  {{ column = "ts", granularity = "day" }},
+]
+merge = "upsert"
+
 # replace_partition with the pandera.polars row check; invalid rows are dropped
 [tables.rd]
 schema = "contracts.model_dr:DropSchema"
@@ -209,8 +223,11 @@ SPECS: dict[str, TableSpec] = {
                     frame_check=_at_least_two_rows, validation="per_run"),
     "rd": TableSpec("rd", "replace_partition", (), "part", "identity", on_invalid="drop_rows",
                     row_check=_v_not_negative),
+    "mp": TableSpec("mp", "replace_partition", (), "k", "identity",
+                    then_by=(("ts", "month"),)),
+    "mu": TableSpec("mu", "upsert", ("id",), "k", "identity", then_by=(("ts", "day"),)),
 }
-PROPERTY_TABLES = ["ak", "an", "up", "rp", "dr", "ab", "au", "ca", "cu", "rd"]
+PROPERTY_TABLES = ["ak", "an", "up", "rp", "dr", "ab", "au", "ca", "cu", "rd", "mp", "mu"]
 
 # Each table's columns: (name, arrow type, narrower arrow type).
 _ID = ("id", "int64", "int32")
@@ -229,6 +246,8 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "ca": [_ID, _K, _TS, _V],
     "cu": [_ID, _K, _TS, _V],
     "rd": [("part", "int64", "int32"), _ID, _V],
+    "mp": [_ID, _K, _TS, _V],
+    "mu": [_ID, _K, _TS, _V],
 }
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -296,6 +315,8 @@ def run_rows(draw: st.DrawFn, table: str, columns: Sequence[tuple[str, str]],
         if one_in:
             ids = [None if draw(_flag(one_in)) else i for i in ids]
             ks = [None if draw(_flag(one_in)) else k for k in ks]
+    if table in ("mp", "mu"):  # partition values the multi-column text must escape
+        ks = [{"x": "a/b=c", "y": "50% é"}.get(k, k) for k in ks]
     rows = []
     for i in range(n):
         values = {"id": ids[i], "k": ks[i], "ts": draw(times), "v": draw(VALUES),
