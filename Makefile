@@ -12,7 +12,7 @@ SLOW_EXAMPLES ?= 40
 CHAOS_MINUTES ?= 2
 CHAOS_SEED ?= 1
 
-.PHONY: install demo test test-slow chaos bench bench-smoke lint typecheck clean
+.PHONY: install demo test test-slow chaos bench bench-smoke lint typecheck clean spark
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,16 @@ bench: install
 ## bench-smoke: the small size, once, without touching the docs (under two minutes).
 bench-smoke: install
 	$(BIN)/python -m benchmarks.bench --size small --repeat 1 --no-write --skip-dlt
+
+## spark: a separate venv with pyspark for the Spark reader test of exports (-m slow;
+## docs/EXPORT.md). Never in Lake's venv: pandera imports pyspark.pandas whenever it is there.
+SPARK_VENV ?= .venv-spark
+spark: $(SPARK_VENV)/.installed
+
+$(SPARK_VENV)/.installed:
+	test -d $(SPARK_VENV) || $(PYTHON) -m venv $(SPARK_VENV)
+	$(SPARK_VENV)/bin/python -m pip install --quiet 'pyspark>=4.3'
+	touch $@
 
 lint: install
 	$(BIN)/ruff check lakehouse staging loader tests benchmarks
