@@ -32,16 +32,20 @@ def copy_partitions(wh: Warehouse, source: Source, plan: Plan, staging: Path,
     cols = ", ".join(quote(n) for n, _ in source.columns)
     order = sorted(plan.write, key=sort_key)
     if source.keys:
-        where, params = "", [[v for v in order if v is not None]]
-        if not plan.full:
-            where = f" WHERE {PARTITION_COLUMN} IN (SELECT unnest(?::VARCHAR[]))"
-            if None in plan.write:
-                where += f" OR {PARTITION_COLUMN} IS NULL"
         # A number per partition, not the value: DuckDB names the folder, and a number needs
-        # no escaping. NULL (never a loaded row's) is number 0.
-        number = f"coalesce(list_position(?::VARCHAR[], {PARTITION_COLUMN}), 0)"
-        select = f"SELECT {cols}, {number} AS {_PART} FROM {quote(source.table)}{where}"
-        params = params * 2 if where else params
+        # no escaping. A hash join with the plan's values (numbered from 1) picks the rows of
+        # the partitions to write and numbers them (list_position per row is ~15x slower with
+        # 1,000 partitions); NULL, never a loaded row's partition, is number 0.
+        values = [v for v in order if v is not None]
+        user = ", ".join(f"t.{quote(n)}" for n, _ in source.columns)  # a column may be "v"
+        select = (f"SELECT {user}, p.{_PART} FROM {quote(source.table)} t JOIN "
+                  f"(SELECT unnest(?::VARCHAR[]) AS _lake_value, "
+                  f"generate_subscripts(?::VARCHAR[], 1) AS {_PART}) p "
+                  f"ON t.{PARTITION_COLUMN} = p._lake_value")
+        params = [values, values]
+        if None in plan.write:
+            select += (f" UNION ALL SELECT {cols}, 0 FROM {quote(source.table)} "
+                       f"WHERE {PARTITION_COLUMN} IS NULL")
         to = literal(str(staging / _RAW))
         opts = (f"FORMAT parquet, COMPRESSION zstd, PARTITION_BY ({_PART}), "
                 f"FILENAME_PATTERN {literal(FILE_PATTERN)}, RETURN_FILES true")
