@@ -122,15 +122,16 @@ def describe_source(wh: Warehouse, table: str) -> Source:
                       "WHERE table_name = ?", [table], action="reading meta.tables")
     # Several partition columns are listed with commas (``lakehouse/merge.py``).
     names = tuple(row[0].split(",")) if row and row[0] else ()
-    grains = tuple((row[1] or "").split(",")) if names and row else ()
-    grains = tuple(g or "identity" for g in grains) + ("identity",) * (len(names) - len(grains))
-    taken = [n for n, _ in columns]
+    listed = (row[1] or "").split(",") if names and row else []
+    # A missing granularity is identity (as in lake.toml).
+    grains = tuple((listed[i] if i < len(listed) else "") or "identity"
+                   for i in range(len(names)))
     keys: list[str] = []
-    for name, grain in zip(names, grains, strict=False):
-        keys.append(hive_key(name, grain, [*taken, *keys]))
+    for name, grain in zip(names, grains, strict=True):
+        keys.append(hive_key(name, grain, [*(n for n, _ in columns), *keys]))
     return Source(table, tuple(columns), names[0] if names else None,
-                  grains[0] if names else None, "/".join(keys) or None, names,
-                  grains[: len(names)], tuple(keys))
+                  grains[0] if names else None, "/".join(keys) or None, names, grains,
+                  tuple(keys))
 
 
 def hive_key(column: str, granularity: str | None, columns: list[str]) -> str:

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from conftest import REPO, Lake, make_root
 
 from lakehouse.errors import PartitionValueError
+from lakehouse.export_plan import hive_key
 from lakehouse.partition_values import escape_hive
 from loader.cli import cli
 from loader.export import ExportOptions, export_table
@@ -85,6 +86,12 @@ def test_folder_names_escape_what_spark_escapes_and_keep_utf8() -> None:
     assert escape_hive("'\"\\{[]^") == "%27%22%5C%7B%5B%5D%5E"
     assert escape_hive("tab\tnl\n\x7f") == "tab%09nl%0A%7F"
     assert escape_hive("a+b ~.-_") == "a+b ~.-_"
+
+
+def test_a_hive_key_never_starts_with_an_underscore() -> None:
+    """Spark and pyarrow skip folders whose names start with ``_`` (or ``.``)."""
+    assert hive_key("_src", "identity", ["_src"]) == "lake__src_identity"
+    assert hive_key("src", "identity", ["src"]) == "src_identity"
 
 
 def test_hostile_values_read_back_the_same_in_duckdb_pyarrow_and_polars(tmp_path: Path) -> None:
