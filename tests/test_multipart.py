@@ -8,11 +8,13 @@ run log, audit, compaction, the dry run, and the export as nested Hive folders.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import fsspec
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -282,3 +284,31 @@ def test_export_writes_nested_hive_folders_every_reader_understands(tmp_path: Pa
     lake.load()
     second = export_table(lake.config(), "quotes", ExportOptions(to=str(to)))
     assert second.written == ["symbol=MSFT/ts=2026-01"] and len(second.carried_over) == 3
+
+
+def test_export_to_an_object_store_nests_folders_and_carries_pairs_over(tmp_path: Path) -> None:
+    lake = quotes_lake(tmp_path, "upsert", 'primary_key = ["id"]')
+    lake.stage("quotes", quotes([*BASE_ROWS, (5, "Zürich AG", "2026-01-02", 5.0)]))
+    lake.load()
+    name = f"lake-multipart-{uuid.uuid4().hex[:8]}"
+    fs = fsspec.filesystem("memory")
+    try:
+        export_table(lake.config(), "quotes", ExportOptions(to=f"memory://{name}/x"))
+        lake.stage("quotes", quotes([(1, "AAPL", "2026-01-07", 1.5)]))
+        lake.load()
+        second = export_table(lake.config(), "quotes", ExportOptions(to=f"memory://{name}/x"))
+        assert second.written == ["symbol=AAPL/ts=2026-01"] and len(second.carried_over) == 4
+        doc = json.loads(fs.cat_file(f"/{name}/x/quotes/_latest.json"))
+        version = f"/{name}/x/quotes/{doc['path']}"
+        assert sorted(f[len(version) + 1:] for f in fs.find(version)) == sorted(
+            f"symbol_identity={s}/ts_month={m}/data_0.parquet" for s, m in [
+                ("AAPL", "2026-01"), ("AAPL", "2026-02"), ("MSFT", "2026-01"),
+                ("MSFT", "2026-02"), ("Zürich AG", "2026-01")])
+        text = pa.schema([("symbol_identity", pa.string()), ("ts_month", pa.string())])
+        rows = ds.dataset(version, filesystem=fs, format="parquet",
+                          partitioning=ds.partitioning(text, flavor="hive")).to_table()
+        assert sorted(zip(rows["id"].to_pylist(), rows["symbol_identity"].to_pylist(),
+                          strict=True)) == [(1, "AAPL"), (2, "AAPL"), (3, "MSFT"), (4, "MSFT"),
+                                            (5, "Zürich AG")]
+    finally:
+        fs.rm(f"/{name}", recursive=True)
