@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lakehouse.db import Warehouse
+from lakehouse.table_spec import spec_of, spec_text
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,26 @@ def _v3_exports(wh: Warehouse) -> None:
         wh.execute(sql, action="creating the export tables")
 
 
+def _v6_table_spec(wh: Warehouse) -> None:
+    """Record each table's whole spec canonically (``lakehouse/table_spec.py``), so that a
+    load can tell a changed ``partition_by``, key or merge strategy from the one the table
+    was built with; backfilled from the columns that held it before."""
+    wh.execute("ALTER TABLE meta.tables ADD COLUMN spec_json VARCHAR",
+               action="adding meta.tables.spec_json")
+    rows = wh.fetchall("SELECT table_name, partition_column, partition_granularity, merge, "
+                       "primary_key FROM meta.tables", action="reading meta.tables")
+    for name, column, granularity, merge, key in rows:
+        parts = [(column, granularity or "identity")] if column else []
+        spec = spec_of(parts, [k for k in (key or "").split(",") if k], merge or "append")
+        wh.execute("UPDATE meta.tables SET spec_json = ? WHERE table_name = ?",
+                   [spec_text(spec), name], action="backfilling meta.tables.spec_json")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
     Migration(3, "exports", _v3_exports),
+    Migration(6, "table_spec", _v6_table_spec),
 )
 
 

@@ -17,6 +17,7 @@ from lakehouse.errors import (
     LakehouseError,
     LoadAbortedError,
     LockHeldError,
+    RepartitionRefusedError,
     StopRequestedError,
     UsageError,
 )
@@ -30,7 +31,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_BUSY
     if isinstance(exc, ConfigError | UsageError):
         return EXIT_USAGE
-    if isinstance(exc, LoadAbortedError):
+    if isinstance(exc, LoadAbortedError | RepartitionRefusedError):
         return EXIT_REJECTED
     return EXIT_ERROR
 
