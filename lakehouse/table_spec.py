@@ -22,8 +22,17 @@ from typing import Any
 
 from lakehouse.config import TableContract
 from lakehouse.db import Warehouse
+from lakehouse.layout import RESERVED_PREFIX
 
 Spec = dict[str, Any]
+# `lake repartition` rebuilds a table under this name until its swap renames it; a reserved
+# name (no declared table starts with `_lake_`), so a killed run's leftover is recognised.
+BUILD_PREFIX = RESERVED_PREFIX + "build_"
+
+
+def build_table_name(table: str) -> str:
+    """The name ``table`` is rebuilt under by `lake repartition`."""
+    return BUILD_PREFIX + table
 
 
 def spec_of(partition_by: list[tuple[str, str]], primary_key: list[str] | tuple[str, ...],
@@ -146,6 +155,19 @@ def spec_change(wh: Warehouse, contract: TableContract,
     return SpecChange(contract.name, old, new)
 
 
-__all__ = ["Spec", "SpecChange", "canonical_spec", "describe_changes", "describe_partitions",
-           "needs_rebuild", "parse_spec", "record_spec", "recorded_specs", "spec_change",
-           "spec_of", "spec_text"]
+__all__ = [
+    "BUILD_PREFIX",
+    "Spec",
+    "SpecChange",
+    "build_table_name",
+    "canonical_spec",
+    "describe_changes",
+    "describe_partitions",
+    "needs_rebuild",
+    "parse_spec",
+    "record_spec",
+    "recorded_specs",
+    "spec_change",
+    "spec_of",
+    "spec_text",
+]

@@ -51,6 +51,7 @@ from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 from lakehouse.table_spec import (
     Spec,
+    build_table_name,
     canonical_spec,
     describe_changes,
     needs_rebuild,
@@ -59,13 +60,7 @@ from lakehouse.table_spec import (
 )
 from loader.report import StopFlag
 
-BUILD_PREFIX = RESERVED_PREFIX + "build_"  # the rebuilt table, until the swap renames it
 _KEYED_MERGES = ("append", "upsert")  # merges that keep a key unique (replace_partition: no)
-
-
-def build_table_name(table: str) -> str:
-    """The name a table is rebuilt under (a reserved name: no declared table can have it)."""
-    return BUILD_PREFIX + table
 
 
 @dataclass
@@ -371,4 +366,4 @@ def _scalar(wh: Warehouse, sql: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
-__all__ = ["BUILD_PREFIX", "RepartitionReport", "build_table_name", "repartition_table"]
+__all__ = ["RepartitionReport", "repartition_table"]
