@@ -114,6 +114,10 @@ def test_a_changed_partition_spec_refuses_its_table_and_the_others_still_load(
     assert "lake repartition logs" in problems[0]["fix"]
     data = json.loads(lake_cli(lake.root, "load", "--json").stdout)
     assert list(data["tables_refused"]) == ["logs"]
+    dry = lake_cli(lake.root, "load", "--dry-run", "--json")
+    assert dry.returncode == 2 and "`lake repartition logs`" in dry.stderr
+    assert list(json.loads(dry.stdout)["tables_refused"]) == ["logs"]
+    assert not [r for r in json.loads(dry.stdout)["runs"] if r["table"] == "logs"]
 
 
 @pytest.mark.parametrize("body", [
