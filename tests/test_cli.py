@@ -62,7 +62,8 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     assert first.stdout == (
         f"lake root {root}\n"
         "  created: staging, quarantine, archive, warehouse, warehouse/backups\n"
-        "  warehouse schema version 3 (applied [1, 2, 3])\n"
+        f"  warehouse schema version {LATEST_VERSION} "
+        f"(applied {[m.version for m in MIGRATIONS]})\n"
         "  tables declared: events, logs, plain, readings, snap, strict\n")
     for folder in ("staging", "quarantine", "archive", "warehouse/backups"):
         assert (root / folder).is_dir()
