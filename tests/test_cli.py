@@ -74,7 +74,7 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     assert second.stdout == (
         f"lake root {root}\n"
         "  created: nothing (exists)\n"
-        "  warehouse schema version 3\n"
+        f"  warehouse schema version {LATEST_VERSION}\n"
         "  tables declared: events, logs, plain, readings, snap, strict\n")
     again = run(root, "init", "--json")
     assert again.exit_code == 0
