@@ -88,6 +88,18 @@ class Call:
         return self.rc == KILLED
 
     @property
+    def refused_logs(self) -> bool:
+        """A load that refused logs (its spec changed, not repartitioned yet), exit 2: it
+        loaded the other tables."""
+        return (self.command == "load" and self.rc == 2 and "Traceback" not in self.stderr
+                and "`lake repartition logs`" in self.stderr)
+
+    @property
+    def done(self) -> bool:
+        """A load that ran to its end (0 or 3; or 2 when it only refused logs)."""
+        return self.rc in (0, 3) or self.refused_logs
+
+    @property
     def unexpected(self) -> bool:
         """Not an exit code the command may end with, a traceback, or a hang."""
         if self.hung:
@@ -99,8 +111,7 @@ class Call:
             # code ran (it installs an exit-75 handler first thing): it did nothing, said
             # nothing. Once it has printed anything, -15 is a wrong exit code.
             return bool(self.stdout or self.stderr)
-        if self.command == "load" and self.rc == 2 and "Traceback" not in self.stderr \
-                and "`lake repartition logs`" in self.stderr:
+        if self.refused_logs:
             return False  # logs' spec changed and it is not repartitioned yet: refused
         if self.rc not in ALLOWED[self.command] or "Traceback" in self.stderr:
             return True
@@ -390,7 +401,7 @@ class Chaos:
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             if not self.quiet:
-                loads = sum(1 for c in self.calls if c.command == "load" and c.rc in (0, 3)
+                loads = sum(1 for c in self.calls if c.command == "load" and c.done
                             and "--dry-run" not in c.args)
                 self.say(f"{(time.monotonic() - started) / 60:5.1f} min: {loads} loads, "
                          f"{sum(self.stats.kills.values())} kills")
@@ -514,7 +525,7 @@ class Chaos:
         loads = [c for c in self.calls if c.command == "load"]
         runs_loaded = 0
         for c in loads:
-            if c.rc in (0, 3) and "--dry-run" not in c.args:
+            if c.done and "--dry-run" not in c.args:
                 try:
                     runs_loaded += int(json.loads(c.stdout)["runs_loaded"])
                 except (ValueError, KeyError, TypeError):
@@ -531,9 +542,9 @@ class Chaos:
             **{k: checked[k] for k in ("good_runs_committed", "good_runs_uncommitted",
                                        "good_runs_retried", "hostile_runs_committed",
                                        "hostile_runs_uncommitted")},
-            "loads_completed": sum(1 for c in loads if c.rc in (0, 3)
+            "loads_completed": sum(1 for c in loads if c.done
                                    and "--dry-run" not in c.args),
-            "dry_runs_completed": sum(1 for c in loads if c.rc in (0, 3)
+            "dry_runs_completed": sum(1 for c in loads if c.done
                                       and "--dry-run" in c.args),
             "loads_busy": sum(1 for c in loads if c.rc == 75),
             "runs_loaded_during_chaos": runs_loaded,
