@@ -284,10 +284,12 @@ class _Job:
                              f"{literal(self.name)}) WHERE persistent AND block_id >= 0")
         size = self.paths.warehouse.stat().st_size
         report.table_bytes = blocks * block if report.rebuild else 0
-        # The build grows lake.duckdb by about the table (the old table's blocks are freed
-        # for later loads, not returned: `lake compact` does that); publishing then copies
-        # the grown file (free on a file system with reflinks).
-        report.space_needed = report.table_bytes * 2 + size if report.rebuild else 0
+        # The build grows lake.duckdb by about the table (1.3 times its blocks for 1M rows:
+        # fresh row groups and their metadata; the old table's blocks are freed for later
+        # loads, not returned: `lake compact` does that), counted twice to be safe; then
+        # publishing copies the grown file (free on a file system with reflinks).
+        growth = 2 * report.table_bytes
+        report.space_needed = growth + size + growth if report.rebuild else 0
         report.disk_free = shutil.disk_usage(self.paths.warehouse_dir).free
         self.say(f"{self.name}: {report.rows:,} rows, {len(report.partitions_before)} -> "
                  f"{len(report.partitions_after)} partitions ({'; '.join(report.changes)})")
