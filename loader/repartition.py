@@ -124,27 +124,27 @@ def repartition_table(config: LakeConfig, table: str, *, dry_run: bool = False,
         failpoints.hit("repartition.after_lock")
         wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
         logged = False
+        job = _Job(wh, contract, paths, report, say, stop)
         try:
-            if not dry_run:
-                migrate(wh)
-            job = _Job(wh, contract, paths, report, say, stop)
-            job.plan()
             if dry_run:
+                job.plan()  # reads only (a checkpoint aside); no run row
                 report.seconds = time.monotonic() - started
+                wh.close()
                 return report
-            changed = report.leftover_dropped
+            migrate(wh)
+            # The run row from here on: a refused or failed repartition is in `lake health`.
             with RunLogger(wh, "repartition", args={"table": table}) as logger:
                 logged = True
                 report.run_id = logger.run_id
+                job.plan()
                 if not report.up_to_date:
                     job.apply(logger)
-                    changed = True
             wh.checkpoint()
         except BaseException:
             _close_after_failure(wh, paths, published=logged)
             raise
         wh.close()
-        if changed or publish_pending(paths):
+        if report.recorded or report.leftover_dropped or publish_pending(paths):
             failpoints.hit("repartition.before_publish")
             publish_snapshot(paths)
             report.published = True
@@ -303,10 +303,14 @@ class _Job:
         if report.rebuild:
             self.build(build)
             failpoints.hit("repartition.after_build")
-            self.parity(build, logger)
-            failpoints.hit("repartition.after_parity")
-            if self.stop is not None:
-                self.stop.raise_if_set()  # the last safe point: drop the build, keep the table
+            try:
+                self.parity(build, logger)
+                failpoints.hit("repartition.after_parity")
+                if self.stop is not None:
+                    self.stop.raise_if_set()  # the last safe point before the swap
+            except BaseException:
+                self.drop_build(build)  # the old table stays the table
+                raise
         # Before the commit: a crash after it must republish (the next writer does).
         mark_publish_pending(self.paths)
         with wh.transaction(f"swapping in the repartitioned {name}"):
@@ -339,6 +343,15 @@ class _Job:
                        action=f"building {build}")
         self.say(f"built {build}")
 
+    def drop_build(self, build: str) -> None:
+        """Drop the build table of this run (best effort: the next run drops a leftover)."""
+        try:
+            with self.wh.transaction(f"dropping {build}"):
+                self.wh.execute(f"DROP TABLE IF EXISTS {quote(build)}",
+                                action=f"dropping {build}")
+        except LakehouseError:
+            pass
+
     def parity(self, build: str, logger: RunLogger) -> None:
         """Step 7: equal row count and checksum of the user columns, or the build is dropped."""
         wh = self.wh
@@ -354,8 +367,6 @@ class _Job:
                          metrics={"old": [str(v) for v in old or ()],
                                   "new": [str(v) for v in new or ()]})
         if not ok or old is None:
-            with wh.transaction(f"dropping {build}"):
-                wh.execute(f"DROP TABLE {quote(build)}", action=f"dropping {build}")
             raise RepartitionError(self.name, (
                 f"repartition of {self.name} failed its parity check (rows, checksum: old "
                 f"{old}, rebuilt {new}); the table is unchanged; report this as a bug"))

@@ -25,11 +25,12 @@ from model import PARTITION_COLUMN, TableSpec, one_file_run, repartition, simula
 
 from lakehouse import failpoints
 from lakehouse.db import open_warehouse
-from lakehouse.errors import ConfigError, RepartitionRefusedError
+from lakehouse.errors import ConfigError, RepartitionRefusedError, StopRequestedError
 from lakehouse.migrations import migrate
 from lakehouse.table_spec import build_table_name, canonical_spec, spec_text
 from loader.audit import audit_lake
 from loader.repartition import repartition_table
+from loader.report import StopFlag
 
 LOGS_DAY = 'primary_key = ["id"]\npartition_by = { column = "ts", granularity = "day" }\n' \
            'merge = "append"\n'
@@ -223,6 +224,8 @@ def test_a_key_that_is_not_unique_refuses_the_change(loaded: Lake) -> None:
     with pytest.raises(RepartitionRefusedError, match="1 key"):
         repartition_table(lake.config(), "plain")
     assert recorded(lake, "plain")["primary_key"] == []
+    assert lake.rows("SELECT status, error_type FROM meta.ingestion_runs WHERE job_name = "
+                     "'repartition'") == [("failed", "RepartitionRefusedError")]
     proc = lake_cli(lake.root, "repartition", "plain")
     assert proc.returncode == 3 and "nothing was changed" in proc.stderr
 
@@ -256,6 +259,24 @@ def test_a_busy_warehouse_exits_75(loaded: Lake) -> None:
     with holding_the_lock(loaded.root):
         proc = lake_cli(loaded.root, "repartition", "logs")
     assert proc.returncode == 75 and proc.stderr.startswith("lake: warehouse busy")
+
+
+def test_a_stop_after_the_build_drops_it_and_keeps_the_old_table(loaded: Lake) -> None:
+    lake = loaded
+    before = content(lake), partitions(lake), recorded(lake)
+    stop = StopFlag()
+
+    def progress(line: str) -> None:  # SIGTERM arrives while the build is being committed
+        if line.startswith("built"):
+            stop.signal_name = "SIGTERM"
+
+    with pytest.raises(StopRequestedError):
+        repartition_table(lake.config(), "logs", stop=stop, progress=progress)
+    assert (content(lake), partitions(lake), recorded(lake)) == before
+    assert lake.rows("SELECT count(*) FROM information_schema.tables WHERE table_name = "
+                     f"'{build_table_name('logs')}'") == [(0,)]
+    assert lake.rows("SELECT status FROM meta.ingestion_runs WHERE job_name = "
+                     "'repartition'") == [("failed",)]
 
 
 # -- crashes ----------------------------------------------------------------------------------
