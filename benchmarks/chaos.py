@@ -16,6 +16,9 @@ For ``--minutes`` it runs, on a fresh lake root in a temp folder (or ``--root``)
   ``--dry-run``;
 - now and then ``lake compact`` (also at its crash points), ``lake cleanup`` and
   ``lake audit``, also SIGKILLed at random;
+- once, partway through, ``logs`` changes from day to month partitions in lake.toml: loads
+  refuse it (exit 2) until ``lake repartition logs``, killed at its crash points or at random
+  and retried, succeeds (the final checks expect month partitions);
 - readers querying the published snapshot all the time (DuckDB read-only and ``lake query``).
 
 Then it stops everything, runs a final ``lake load`` and ``lake cleanup --grace-minutes 0``,
@@ -43,16 +46,26 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chaos_check import Checker
-from benchmarks.chaos_lake import MAX_PID, TABLES, Journal, Plan, good_rows, write_lake_files
+from benchmarks.chaos_lake import (
+    MAX_PID,
+    RESPEC_TABLE,
+    TABLES,
+    Journal,
+    Plan,
+    good_rows,
+    respec_lake_files,
+    write_lake_files,
+)
 from lakehouse import failpoints
 
 REPO = Path(__file__).resolve().parent.parent
 LOAD_CRASH_POINTS = failpoints.named("load")  # load.after_lock, ... (lakehouse/failpoints.py)
 COMPACT_CRASH_POINTS = failpoints.named("compact")
+REPARTITION_CRASH_POINTS = failpoints.named("repartition")
 KILLED = -signal.SIGKILL
 # Exit codes each command may end with under chaos (besides being SIGKILLed by us).
 ALLOWED = {"load": {0, 3, 75}, "compact": {0, 75}, "cleanup": {0, 75}, "audit": {0},
-           "init": {0}, "quarantine": {0, 75}}
+           "init": {0}, "quarantine": {0, 75}, "repartition": {0, 75}}
 
 
 @dataclass
@@ -75,6 +88,18 @@ class Call:
         return self.rc == KILLED
 
     @property
+    def refused_logs(self) -> bool:
+        """A load that refused logs (its spec changed, not repartitioned yet), exit 2: it
+        loaded the other tables."""
+        return (self.command == "load" and self.rc == 2 and "Traceback" not in self.stderr
+                and "`lake repartition logs`" in self.stderr)
+
+    @property
+    def done(self) -> bool:
+        """A load that ran to its end (0 or 3; or 2 when it only refused logs)."""
+        return self.rc in (0, 3) or self.refused_logs
+
+    @property
     def unexpected(self) -> bool:
         """Not an exit code the command may end with, a traceback, or a hang."""
         if self.hung:
@@ -86,6 +111,8 @@ class Call:
             # code ran (it installs an exit-75 handler first thing): it did nothing, said
             # nothing. Once it has printed anything, -15 is a wrong exit code.
             return bool(self.stdout or self.stderr)
+        if self.refused_logs:
+            return False  # logs' spec changed and it is not repartitioned yet: refused
         if self.rc not in ALLOWED[self.command] or "Traceback" in self.stderr:
             return True
         # Busy or stopped (75): one line that says what happened (the holder, or the signal).
@@ -138,6 +165,9 @@ class Chaos:
         self.t0 = time.monotonic()
         self.load_start = [round(x, 2) for x in os.getloadavg()]
         self.product = product_version()
+        # The spec change of logs: when (set when the chaos starts), done, repartitioned.
+        self.respec_at: float | None = None
+        self.respecced = self.repartitioned = False
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -270,6 +300,10 @@ class Chaos:
 
     def maintenance_loop(self, rng: random.Random) -> None:
         while not self.stop.wait(rng.uniform(3, 10)):
+            if (self.respec_at is not None and time.monotonic() >= self.respec_at
+                    and not self.repartitioned):
+                self.repartition_step(rng)
+                continue
             what = rng.choice(["compact", "cleanup", "cleanup", "audit", "replay", "load"])
             crash_point = kill_after = None
             r = rng.random()
@@ -292,6 +326,23 @@ class Chaos:
                 self.lake("audit", "--json")
             else:
                 self.replay_one(rng)
+
+    def repartition_step(self, rng: random.Random) -> None:
+        """Change logs' spec (once), then `lake repartition logs`, killed at a crash point or
+        at random now and then; the loop calls it again until one succeeds."""
+        if not self.respecced:
+            respec_lake_files(self.root, self.work)
+            self.respecced = True
+            self.say("lake.toml: logs now month partitions; loads refuse it until repartitioned")
+        crash_point = kill_after = None
+        r = rng.random()
+        if r < 0.4:
+            crash_point = rng.choice(REPARTITION_CRASH_POINTS)
+        elif r < 0.6:
+            kill_after = rng.uniform(0.1, 2.0)
+        call = self.lake("repartition", RESPEC_TABLE, "--json", "--lock-timeout", "5",
+                         crash_point=crash_point, kill_after=kill_after)
+        self.repartitioned = call.rc == 0
 
     def replay_one(self, rng: random.Random) -> None:
         """An operator retries a quarantined run (`lake quarantine replay`) without fixing
@@ -342,13 +393,15 @@ class Chaos:
                                     name=loop.__name__, daemon=True)
                    for loop in (self.loader_loop, self.maintenance_loop, self.producer_loop)]
         started = time.monotonic()
+        # Bounded: one spec change, partway through, repartitioned before the final load.
+        self.respec_at = started + self.minutes * 60 * self.rng.uniform(0.2, 0.5)
         for t in threads:
             t.start()
         deadline = started + self.minutes * 60
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             if not self.quiet:
-                loads = sum(1 for c in self.calls if c.command == "load" and c.rc in (0, 3)
+                loads = sum(1 for c in self.calls if c.command == "load" and c.done
                             and "--dry-run" not in c.args)
                 self.say(f"{(time.monotonic() - started) / 60:5.1f} min: {loads} loads, "
                          f"{sum(self.stats.kills.values())} kills")
@@ -377,6 +430,12 @@ class Chaos:
     def finish(self) -> dict[str, Any]:
         """The final clean load and cleanup, then every check."""
         result: dict[str, Any] = {}
+        if self.respecced and not self.repartitioned:  # the chaos ended before one succeeded
+            for _ in range(5):
+                if self.lake("repartition", RESPEC_TABLE, "--json", "--lock-timeout", "60",
+                             record=False).rc == 0:
+                    self.repartitioned = True
+                    break
         first = self.lake("load", "--json", record=False)
         again = self.lake("load", "--json", record=False)
         cleanup = self.lake("cleanup", "--json", "--grace-minutes", "0", record=False)
@@ -426,6 +485,12 @@ class Chaos:
             reader_check.count += max(0, rep["failed"] - len(rep["failures"]))
             if rep["served"] == 0:
                 reader_check.fail(f"reader{n} served no query")
+        repartitioned = checker.check("repartition_completed",
+                                      "after logs' spec changed, `lake repartition logs` "
+                                      "succeeded (the table checks then expect its new "
+                                      "partitions)")
+        if self.respecced and not self.repartitioned:
+            repartitioned.fail("no `lake repartition logs` succeeded")
         commands = checker.check("commands_exit_as_documented",
                                  "every lake command exited with a documented code (load 0/3/75, "
                                  "compact and cleanup 0/75, audit 0) or was killed by us; no "
@@ -460,14 +525,15 @@ class Chaos:
         loads = [c for c in self.calls if c.command == "load"]
         runs_loaded = 0
         for c in loads:
-            if c.rc in (0, 3) and "--dry-run" not in c.args:
+            if c.done and "--dry-run" not in c.args:
                 try:
                     runs_loaded += int(json.loads(c.stdout)["runs_loaded"])
                 except (ValueError, KeyError, TypeError):
                     pass
         by_command = {cmd: dict(sorted(Counter(str(c.rc) for c in self.calls
                                                if c.command == cmd).items()))
-                      for cmd in ("load", "compact", "cleanup", "audit", "quarantine")}
+                      for cmd in ("load", "compact", "cleanup", "audit", "quarantine",
+                                  "repartition")}
         return {
             "seed": self.seed,
             "minutes_requested": self.minutes,
@@ -476,9 +542,9 @@ class Chaos:
             **{k: checked[k] for k in ("good_runs_committed", "good_runs_uncommitted",
                                        "good_runs_retried", "hostile_runs_committed",
                                        "hostile_runs_uncommitted")},
-            "loads_completed": sum(1 for c in loads if c.rc in (0, 3)
+            "loads_completed": sum(1 for c in loads if c.done
                                    and "--dry-run" not in c.args),
-            "dry_runs_completed": sum(1 for c in loads if c.rc in (0, 3)
+            "dry_runs_completed": sum(1 for c in loads if c.done
                                       and "--dry-run" in c.args),
             "loads_busy": sum(1 for c in loads if c.rc == 75),
             "runs_loaded_during_chaos": runs_loaded,

@@ -145,6 +145,38 @@ def model_specs(model: Any) -> dict[str, Any]:
     }
 
 
+# -- the spec change: partway through, `logs` goes from day to month partitions --------------
+RESPEC_TABLE = "logs"
+RESPEC_FROM = 'partition_by = { column = "ts", granularity = "day" }\nmerge = "append"'
+RESPEC_TO = 'partition_by = { column = "ts", granularity = "month" }\nmerge = "append"'
+RESPEC_MARKER = "respec.json"  # in the work folder: the chaos changed the spec
+
+
+def respec_lake_files(root: Path, work: Path) -> None:
+    """Change ``logs`` to month partitions in lake.toml (atomically: a command reading it
+    sees the old file or the new one), noting it in the work folder first."""
+    (work / RESPEC_MARKER).write_text(json.dumps({"table": RESPEC_TABLE, "to": RESPEC_TO}))
+    path = root / "lake.toml"
+    text = path.read_text()
+    assert text.count(f"[tables.{RESPEC_TABLE}]\nprimary_key = [\"id\"]\n{RESPEC_FROM}") == 1
+    tmp = path.with_name(path.name + ".respec")
+    tmp.write_text(text.replace(f"[tables.{RESPEC_TABLE}]\nprimary_key = [\"id\"]\n"
+                                f"{RESPEC_FROM}",
+                                f"[tables.{RESPEC_TABLE}]\nprimary_key = [\"id\"]\n"
+                                f"{RESPEC_TO}"))
+    os.replace(tmp, path)
+
+
+def respecced(work: Path) -> bool:
+    """True when the chaos run changed the spec (then `lake repartition` must have run)."""
+    return (work / RESPEC_MARKER).exists()
+
+
+def respec_model_spec(model: Any) -> Any:
+    """The ``TableSpec`` of ``logs`` after the change."""
+    return model.TableSpec("logs", "append", ("id",), "ts", "month")
+
+
 # -- good rows ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:

@@ -141,6 +141,19 @@ class PartitionValueError(ExportError):
     export writes nothing, and the previous one stays published)."""
 
 
+class RepartitionError(LakehouseError):
+    """A repartition could not finish; the message says whether the table changed."""
+
+    def __init__(self, table: str, problem: str) -> None:
+        self.table, self.problem = table, problem
+        super().__init__(problem)
+
+
+class RepartitionRefusedError(RepartitionError):
+    """The table's data does not fit the new spec (a null partition value, a key that is not
+    unique): nothing changed (exit 3, a data problem)."""
+
+
 @dataclass
 class FailureRecord:
     """One failed check of one run, as stored in ``_reason.json`` and ``meta.asset_checks``."""

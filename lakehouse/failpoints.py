@@ -43,6 +43,14 @@ POINTS: dict[str, str] = {
     "export.before_pointer": "the version is in place; the pointer not switched",
     "export.after_pointer": "the pointer is switched; meta.exports not written",
     "export.after_record": "meta.exports written; old versions not pruned",
+    # lake repartition (loader/repartition.py)
+    "repartition.after_lock": "the lock is held; nothing read yet",
+    "repartition.after_build": "the rebuilt table is committed under its build name; old "
+                               "table untouched",
+    "repartition.after_parity": "the rebuilt table passed the parity check; not swapped",
+    "repartition.before_commit": "the swap (drop, rename, new spec) is written, not committed",
+    "repartition.after_swap": "the swap committed; the snapshot not published",
+    "repartition.before_publish": "about to publish the snapshot",
     # lake cleanup
     "cleanup.after_record": "an abandoned run's ledger row committed; the run not moved",
     "cleanup.mid_expire": "some expired archive runs deleted, not all",

@@ -22,6 +22,7 @@ import pyarrow as pa
 from lakehouse.config import PartitionSpec, TableContract
 from lakehouse.db import Warehouse, literal, quote
 from lakehouse.layout import PARTITION_COLUMN, RUN_ID_COLUMN
+from lakehouse.table_spec import record_spec
 
 ROW_COLUMN = "_lake_row"
 SEQ_COLUMN = "_lake_seq"
@@ -164,17 +165,7 @@ def ensure_table(wh: Warehouse, contract: TableContract,
     cols += [f"{PARTITION_COLUMN} VARCHAR", f"{RUN_ID_COLUMN} VARCHAR"]
     wh.execute(f"CREATE TABLE {quote(contract.name)} ({', '.join(cols)})",
                action=f"creating table {contract.name}")
-    specs = contract.partitions
-    # Several partition columns are listed with commas, like the key (names never hold one).
-    wh.execute(
-        "INSERT INTO meta.tables VALUES (?, ?, ?, ?, ?, now(), now()) ON CONFLICT (table_name) "
-        "DO UPDATE SET partition_column = excluded.partition_column, "
-        "partition_granularity = excluded.partition_granularity, merge = excluded.merge, "
-        "primary_key = excluded.primary_key, updated_at = now()",
-        [contract.name, ",".join(s.column for s in specs) or None,
-         ",".join(s.granularity for s in specs) or None,
-         contract.merge, ",".join(contract.primary_key)],
-        action=f"registering table {contract.name}")
+    record_spec(wh, contract)  # the spec it is built with: a load refuses a changed one
     return True
 
 

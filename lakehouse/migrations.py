@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lakehouse.db import Warehouse
+from lakehouse.table_spec import spec_of, spec_text
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,26 @@ def _v3_exports(wh: Warehouse) -> None:
         wh.execute(sql, action="creating the export tables")
 
 
+def _v6_table_spec(wh: Warehouse) -> None:
+    """Record each table's whole spec canonically (``lakehouse/table_spec.py``), so that a
+    load can tell a changed ``partition_by``, key or merge strategy from the one the table
+    was built with; backfilled from the columns that held it before."""
+    wh.execute("ALTER TABLE meta.tables ADD COLUMN spec_json VARCHAR",
+               action="adding meta.tables.spec_json")
+    rows = wh.fetchall("SELECT table_name, partition_column, partition_granularity, merge, "
+                       "primary_key FROM meta.tables", action="reading meta.tables")
+    for name, column, granularity, merge, key in rows:
+        parts = [(column, granularity or "identity")] if column else []
+        spec = spec_of(parts, [k for k in (key or "").split(",") if k], merge or "append")
+        wh.execute("UPDATE meta.tables SET spec_json = ? WHERE table_name = ?",
+                   [spec_text(spec), name], action="backfilling meta.tables.spec_json")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
     Migration(3, "exports", _v3_exports),
+    Migration(6, "table_spec", _v6_table_spec),
 )
 
 
@@ -131,10 +148,14 @@ def migrate(wh: Warehouse) -> list[int]:
         "CREATE TABLE IF NOT EXISTS meta.schema_migrations ("
         "version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)",
         action="creating meta.schema_migrations")
-    current = schema_version(wh)
+    # Every version not recorded yet, not only those above the highest: versions are handed
+    # out to branches in advance (6 may land before 4 and 5), and a warehouse already at 6
+    # must still get 4 and 5 when they arrive.
+    done = {int(r[0]) for r in wh.fetchall("SELECT version FROM meta.schema_migrations",
+                                          action="reading meta.schema_migrations")}
     applied = []
     for migration in MIGRATIONS:
-        if migration.version <= current:
+        if migration.version in done:
             continue
         # The migration and the row recording it commit together.
         with wh.transaction(f"applying migration {migration.version} {migration.name}"):

@@ -36,6 +36,7 @@ from lakehouse.lock import read_holder
 from lakehouse.merge import range_column
 from lakehouse.migrations import LATEST_VERSION, schema_version
 from lakehouse.publish import open_snapshot
+from lakehouse.table_spec import BUILD_PREFIX, canonical_spec, describe_changes, recorded_specs
 from loader.health import HEALTH_QUERIES
 from loader.render import mebibytes
 
@@ -52,6 +53,7 @@ PROBLEM_CODES = {
     "abandoned_runs": "warn", "stray_temp_files": "warn", "quarantined_runs": "warn",
     "ledger_unfinished_move": "warn", "failed_runs_7d": "warn", "free_space": "warn",
     "undeclared_table": "warn", "table_empty": "info", "staging_unavailable": "error",
+    "partition_spec_mismatch": "error", "repartition_unfinished": "warn",
 }
 _KEYED_MERGES = ("append", "upsert")  # replace_partition makes no promise about keys
 
@@ -210,6 +212,15 @@ class _Audit:
                loads: dict[str, datetime]) -> dict[str, Any]:
         """Rows, partitions, key range, watermark, staleness and duplicate keys per table."""
         present = facts.base_tables(wh)
+        # A killed repartition's build table: never a table of its own (the next
+        # `lake repartition` of that table drops it).
+        for build in sorted(n for n in present if n.startswith(BUILD_PREFIX)):
+            table = build[len(BUILD_PREFIX):]
+            self.problem("repartition_unfinished", f"a repartition of {table} was killed "
+                         f"before its swap: {build} is left over; {table} is unchanged",
+                         f"lake repartition {table}", table=table)
+        present = {n for n in present if not n.startswith(BUILD_PREFIX)}
+        specs = recorded_specs(wh)
         out: dict[str, Any] = {}
         for name in sorted(set(self.config.tables) | present):
             contract = self.config.tables.get(name)
@@ -227,7 +238,8 @@ class _Audit:
                 "watermark_updated_at": iso_utc(mark[1]),
                 "hours_since_watermark": self.hours(mark[0]),
                 "last_loaded_at": iso_utc(loads.get(name)),
-                "hours_since_load": self.hours(loads.get(name)), "duplicate_keys": None}
+                "hours_since_load": self.hours(loads.get(name)), "duplicate_keys": None,
+                "spec_matches": None}
             if contract is None:
                 self.problem("undeclared_table", f"table {name} is in the warehouse but not in "
                              "lake.toml", f"declare [tables.{name}] in lake.toml", table=name)
@@ -235,6 +247,16 @@ class _Audit:
                 self.problem("table_empty", f"table {name} has no data yet",
                              f"stage runs for {name}, then lake load", table=name)
                 continue
+            recorded = specs.get(name)
+            if contract is not None and recorded is not None:
+                wanted = canonical_spec(contract)
+                info["spec_matches"] = recorded == wanted
+                if recorded != wanted:
+                    self.problem("partition_spec_mismatch", f"lake.toml changes the spec of "
+                                 f"{name} ({'; '.join(describe_changes(recorded, wanted))}): "
+                                 "loads refuse the table and its runs wait in staging",
+                                 f"lake repartition {name} --dry-run, then lake repartition "
+                                 f"{name} (or restore the old spec in lake.toml)", table=name)
             keys = list(contract.primary_key) if contract and \
                 contract.merge in _KEYED_MERGES else []
             found = facts.table_facts(wh, name, spec.column if spec else None, keys)

@@ -177,6 +177,10 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
         emit_json(report.as_dict())
     else:
         click.echo(render_load(report))
+    for message in report.refused.values():  # a changed spec: a config problem (exit 2)
+        click.echo(f"lake: {message}", err=True)
+    if report.refused:
+        raise click.exceptions.Exit(EXIT_USAGE)
     if report.rejected:
         raise click.exceptions.Exit(EXIT_REJECTED)
 
@@ -265,6 +269,38 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
         emit_json(report.as_dict())
         return
     click.echo(render_compact(report))
+
+
+# -- repartition --------------------------------------------------------------------------
+@cli.command()
+@click.argument("table")
+@click.option("--dry-run", is_flag=True,
+              help="Print the partitions before and after and the disk space needed; "
+                   "change nothing.")
+@lock_timeout_option
+@json_option("Print the report as JSON.")
+@click.pass_obj
+def repartition(obj: LakeContext, table: str, dry_run: bool, lock_timeout: float,
+                as_json: bool) -> None:
+    """Rebuild TABLE under the partition_by, primary_key and merge lake.toml gives it now,
+    verified and swapped in one transaction (a load refuses the table until then).
+
+    Exit 0 when done (or nothing to do), 2 for an undeclared table or a spec its columns
+    cannot take, 3 when its data does not fit the new spec, 75 when the warehouse is busy.
+    """
+    from loader.render import render_repartition
+    from loader.repartition import repartition_table
+    from loader.report import StopFlag
+
+    stop = StopFlag()
+    with errors_to_exit(), _stop_on_signals(stop):
+        report = repartition_table(obj.config(), table, dry_run=dry_run,
+                                   lock_timeout=lock_timeout, stop=stop,
+                                   progress=None if as_json else log_line)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    click.echo(render_repartition(report))
 
 
 # -- cleanup ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from lakehouse.merge import (
     find_key_conflicts,
 )
 from lakehouse.staged import RunRef
+from lakehouse.table_spec import spec_change
 from lakehouse.validation import check_run
 from loader.batch import drop_files, schema_problem
 from loader.recovery import FINISH, REUSED, judge
@@ -58,6 +59,7 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
                         action="setting the dry run's spill folder")
         entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs]) if wh else {}
         seen: dict[str, SeenRuns] = {}  # table -> what its runs loaded, by key and checksum
+        changes: dict[str, str | None] = {}  # table -> why the load would refuse it
         for ref in refs:
             entry = entries.get((ref.table, ref.run_id))
             # What the load's recovery step would decide (``loader/recovery.py``); a run it
@@ -74,6 +76,13 @@ def dry_run(config: LakeConfig, area: StagingArea, refs: list[RunRef],
                 report.runs.append(RunOutcome(
                     ref.table, ref.run_id, "would_quarantine", rows_rejected=judged.rows,
                     reason_code=error.code, message=error.problem))
+                continue
+            if ref.table not in changes:  # a changed spec: the load would refuse the table
+                contract = config.tables.get(ref.table)
+                change = spec_change(wh, contract) if wh and contract else None
+                changes[ref.table] = change.message() if change else None
+            if changes[ref.table] is not None:
+                report.refused[ref.table] = str(changes[ref.table])
                 continue
             report.runs.append(_dry_run_one(config, area, ref, schemas, wh, scratch,
                                             seen.setdefault(ref.table, SeenRuns())))

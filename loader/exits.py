@@ -18,6 +18,7 @@ from lakehouse.errors import (
     LoadAbortedError,
     LockHeldError,
     PartitionValueError,
+    RepartitionRefusedError,
     StopRequestedError,
     UsageError,
 )
@@ -31,7 +32,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_BUSY
     if isinstance(exc, ConfigError | UsageError):
         return EXIT_USAGE
-    if isinstance(exc, LoadAbortedError | PartitionValueError):
+    if isinstance(exc, LoadAbortedError | PartitionValueError | RepartitionRefusedError):
         return EXIT_REJECTED
     return EXIT_ERROR
 

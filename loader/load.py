@@ -44,6 +44,7 @@ from lakehouse.publish import (
     remove_superseded_snapshots,
 )
 from lakehouse.staged import RunRef
+from lakehouse.table_spec import spec_change
 from loader.batch import Batch, BatchView, Candidate, peek_manifest
 from loader.commit import UNWRITABLE, Committer
 from loader.dry_run import dry_run
@@ -129,6 +130,12 @@ class _Loader:
         # Repeats are judged within a table: what this load saw of other tables is forgotten.
         self.screener = Screener(self.wh, self.schemas, self.view)
         contract = self.config.tables.get(table) if is_identifier(table) else None
+        change = spec_change(self.wh, contract) if contract is not None else None
+        if change is not None:
+            # Built with another spec: merging now would mix two layouts in one table. Its
+            # runs wait in staging, untouched, until `lake repartition` rebuilds the table.
+            self.report.refused[table] = change.message()
+            return
         if contract is None:
             batch = Batch()
             for ref in refs:

@@ -168,6 +168,41 @@ def render_load(report: Any) -> str:
     return "\n".join(lines)
 
 
+# -- repartition --------------------------------------------------------------------------
+REPARTITION_SHOWN = 20  # partitions listed per side in text; --json gives all
+
+
+def render_repartition(report: Any) -> str:
+    """`lake repartition` (and `--dry-run`): the change, partitions before and after, space."""
+    name = report.table
+    if report.up_to_date:
+        tail = "; dropped a killed repartition's build table" if report.leftover_dropped else ""
+        return f"{name}: already built with the spec in lake.toml; nothing to do{tail}"
+    verb = "would" if report.dry_run else "did"
+    what = "rebuild the table" if report.rebuild else "record the new spec (no row moves)"
+    lines = [f"{name}: {'; '.join(report.changes)}",
+             f"  {verb} {what}: {report.rows:,} rows, {len(report.partitions_before)} -> "
+             f"{len(report.partitions_after)} partitions"]
+    if report.rebuild and report.dry_run:
+        lines.append(f"  space needed about {mebibytes(report.space_needed)} "
+                     f"(table {mebibytes(report.table_bytes)}); "
+                     f"free {mebibytes(report.disk_free)}")
+        for title, parts in (("before", report.partitions_before),
+                             ("after", report.partitions_after)):
+            shown = [(p["partition"], f"{p['rows']:,}") for p in parts[:REPARTITION_SHOWN]]
+            lines.append(f"  partitions {title}:")
+            lines += draw_table(["partition", "rows"], shown, indent="    ", empty="(none)")
+            if len(parts) > REPARTITION_SHOWN:
+                lines.append(f"    ... and {len(parts) - REPARTITION_SHOWN} more (--json)")
+    if not report.dry_run:
+        if report.checksum is not None:
+            lines.append(f"  parity: {report.rows:,} rows, checksum {report.checksum} equal")
+        lines.append(f"  {'swapped in' if report.swapped else 'recorded'}; "
+                     f"published: {'yes' if report.published else 'no'} "
+                     f"in {report.seconds:.2f}s")
+    return "\n".join(lines)
+
+
 # -- health -------------------------------------------------------------------------------
 _HEALTH_TITLES = {"latest_runs": "Latest run per job", "failures_7d": "Failures, last 7 days",
                   "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks"}

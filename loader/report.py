@@ -67,6 +67,8 @@ class LoadReport:
     publish_seconds: float = 0.0
     seconds: float = 0.0
     load_run_id: str | None = None
+    # Tables refused because lake.toml changed their spec (table -> message): the CLI exits 2.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.runs if r.status == status)
@@ -91,6 +93,7 @@ class LoadReport:
             "seconds": round(self.seconds, 3),
             "tables": {k: asdict(v) for k, v in self.tables.items()},
             "runs": [asdict(r) for r in self.runs],
+            "tables_refused": dict(self.refused),
         }
 
 

@@ -48,6 +48,14 @@ What a run goes through, in this order (the first rule that applies decides):
    files in manifest order, wins); ``replace_partition`` replaces every partition the run's
    loaded rows touch with those rows.
 
+Repartition (``lake repartition``, docs/OPERATIONS.md): a table keeps the spec it was built
+with (partition column and granularity, key, merge). When the spec changes, loads refuse the
+table (its runs stay in staging, untouched) until it is repartitioned; :func:`repartition`
+then gives every row the partition the new spec computes, keeps every row and its run, and
+refuses (changing nothing) when a row has no value in the new partition column or, for a
+keyed merge, when the new key is null or not unique. Runs loaded after it merge under the new
+spec.
+
 "Loaded before" means by a run the ledger records as loaded: a run that was skipped,
 quarantined or left in staging contributes no key, no content and no row. A loaded run's
 files all count as loaded content (also files whose rows were all dropped).
@@ -386,11 +394,37 @@ def _merge(state: TableState, rows: list[Row], run_types: dict[str, str], index:
     state.rows.extend(new_rows)
 
 
+def repartition_rows(spec: TableSpec, rows: list[Row]) -> list[Row]:
+    """``rows`` with the ``_lake_partition`` ``spec`` gives them (every other value kept)."""
+    return [{**r, PARTITION_COLUMN: spec.partition_value(r)} for r in rows]
+
+
+class RepartitionRefused(Exception):
+    """The table's rows do not fit the new spec; nothing changed."""
+
+
+def repartition(state: TableState, spec: TableSpec) -> TableState:
+    """The table after ``lake repartition`` under ``spec``; raises :class:`RepartitionRefused`
+    when its rows do not fit it (the table keeps its old spec and rows)."""
+    old = state.spec
+    if spec.partition_column is not None and (old.partition_column, old.granularity) != (
+            spec.partition_column, spec.granularity):
+        if any(r.get(spec.partition_column) is None for r in state.rows):
+            raise RepartitionRefused("a row has no partition value")
+    if spec.primary_key and spec.merge in ("append", "upsert") and (
+            spec.primary_key, spec.merge) != (old.primary_key, old.merge):
+        keys = [_key(spec, r) for r in state.rows]
+        if any(v is None for k in keys for v in k) or len(set(keys)) != len(keys):
+            raise RepartitionRefused("the new key is null or repeated")
+    return TableState(spec, dict(state.columns), repartition_rows(spec, state.rows),
+                      set(state.loaded_keys), set(state.loaded_contents))
+
+
 def _key(spec: TableSpec, row: Row) -> tuple[Any, ...]:
     return tuple(row[c] for c in spec.primary_key)
 
 
 __all__ = ["PARTITION_COLUMN", "RUN_KEY", "STATUS_LOADED", "STATUS_QUARANTINED",
-           "STATUS_SKIPPED", "ModelResult", "Outcome", "StagedRun", "TableSpec", "TableState",
-           "compatible", "duckdb_type", "judged_before_validation", "one_file_run",
-           "partition_value", "simulate"]
+           "STATUS_SKIPPED", "ModelResult", "Outcome", "RepartitionRefused", "StagedRun",
+           "TableSpec", "TableState", "compatible", "duckdb_type", "judged_before_validation",
+           "one_file_run", "partition_value", "repartition", "repartition_rows", "simulate"]
