@@ -43,6 +43,10 @@ POINTS: dict[str, str] = {
     "export.before_pointer": "the version is in place; the pointer not switched",
     "export.after_pointer": "the pointer is switched; meta.exports not written",
     "export.after_record": "meta.exports written; old versions not pruned",
+    # lake export --format delta (loader/export_delta.py)
+    "export.delta_mid_write": "delta-rs is writing data files; the Delta log not touched",
+    "export.delta_after_commit": "the Delta commit is in the log; meta.exports not written",
+    "export.delta_after_record": "meta.exports written; the snapshot not republished",
     # lake cleanup
     "cleanup.after_record": "an abandoned run's ledger row committed; the run not moved",
     "cleanup.mid_expire": "some expired archive runs deleted, not all",
