@@ -452,3 +452,10 @@ def _has_pointer(target: ExportTarget) -> bool:
         return bool(target.fs.exists(target.join(POINTER_NAME)))
     except OSError:
         return False
+
+
+def delta_exports(wh: Warehouse) -> list[tuple[str, str]]:
+    """(target, table) of every Delta export ``meta.exports`` records."""
+    rows = wh.fetchall("SELECT DISTINCT target, table_name FROM meta.exports "
+                       "WHERE format = 'delta' ORDER BY 1, 2", action="reading meta.exports")
+    return [(str(r[0]), str(r[1])) for r in rows]
