@@ -240,6 +240,12 @@ def plan_delta(wh: Warehouse, source: Source, state: DeltaState | None, *,
     """Which partitions to write, keep and drop, against the last Lake commit."""
     fingerprints = fingerprint_partitions(wh, source)
     names = tuple(n for n, _ in partition_columns(source))
+    if names and "" in fingerprints:
+        # Delta stores partition values as strings and reads "" as NULL: the partition
+        # would come back as NULL and collide with a NULL partition.
+        raise UsageError(f"table {source.table} has a partition whose value is the empty "
+                         "string, which Delta Lake reads as NULL; export it with --format "
+                         "parquet, or load a non-empty value instead")
     reason = ""
     if full:
         reason = "full: --full"

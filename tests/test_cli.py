@@ -78,7 +78,8 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     again = run(root, "init", "--json")
     assert again.exit_code == 0
     assert json.loads(again.stdout) == {
-        "root": str(root), "created": [], "migrations_applied": [], "schema_version": 3,
+        "root": str(root), "created": [], "migrations_applied": [],
+        "schema_version": LATEST_VERSION,
         "tables": ["events", "logs", "plain", "readings", "snap", "strict"]}
 
 
@@ -88,7 +89,7 @@ def test_init_in_an_empty_folder_writes_a_starter_config(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert "lake.toml" in report["created"]
-    assert report["tables"] == [] and report["schema_version"] == 3
+    assert report["tables"] == [] and report["schema_version"] == LATEST_VERSION
     assert (root / "lake.toml").is_file()
     assert json.loads(run(root, "init", "--json").stdout)["created"] == []
 
