@@ -361,3 +361,40 @@ def test_a_commit_by_another_writer_makes_the_next_export_full(lake: Lake,
     report = export(lake, tmp_path / "out")
     assert report.full and "was not written by Lake" in report.reason
     assert_readers_see(uri, snapshot_rows(lake))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_exposes_a_half_commit(lake: Lake,
+                                                                tmp_path: Path) -> None:
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from test_export import big_events
+
+    iterations = int(os.environ.get("LAKE_SLOW_ITERATIONS", "6"))
+    lake.stage("events", big_events(200_000, seed=1))
+    lake.load()
+    uri = str(tmp_path / "out" / "events")
+    command = [sys.executable, "-m", "loader.cli", "--root", str(lake.root), "export", "events",
+               "--to", str(tmp_path / "out"), "--full"]
+    started = time.monotonic()  # a clean run measures the window the kills aim at
+    subprocess.run(command, cwd=str(lake.root.parent), check=True, capture_output=True)
+    window = time.monotonic() - started
+    whole = snapshot_rows(lake)
+    rng = random.Random(7)
+    for _ in range(iterations):
+        version = DeltaTable(uri).version()
+        proc = subprocess.Popen(command, cwd=str(lake.root.parent),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.0, window))
+        proc.kill()
+        proc.wait()
+        after = DeltaTable(uri).version()
+        assert after in (version, version + 1)
+        assert ordered(DeltaTable(uri).to_pyarrow_table().to_pylist()) == whole
+    again = lake_cli(lake.root, "export", "events", "--to", str(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr
+    assert_readers_see(uri, snapshot_rows(lake))
