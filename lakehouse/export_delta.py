@@ -27,12 +27,11 @@ from typing import Any
 from lakehouse import failpoints
 from lakehouse.db import Warehouse, quote
 from lakehouse.errors import ExportError, UsageError
+from lakehouse.export_delta_target import DeltaTarget
 from lakehouse.export_plan import Source, fingerprint_partitions, sort_key
-from lakehouse.export_target import ExportTarget
 from lakehouse.layout import PARTITION_COLUMN
 
 DELTA_FORMAT = "lake.export.delta/1"  # the value of ``lake.format`` in a Lake commit's metadata
-DELTA_LOG = "_delta_log"
 BATCH_ROWS = 65_536  # rows per Arrow batch streamed from DuckDB to delta-rs
 HISTORY_DEPTH = 100  # commits looked through for the last Lake commit
 # Commits that leave the rows as they were: Lake's own vacuum, and what other engines run
@@ -45,27 +44,6 @@ _WIDER = {"UTINYINT": "SMALLINT", "USMALLINT": "INTEGER", "UINTEGER": "BIGINT",
           "TIMESTAMP_NS": "TIMESTAMP", "TIMESTAMP_S": "TIMESTAMP", "TIMESTAMP_MS": "TIMESTAMP"}
 # ... and types that have no faithful Delta type at all: refused, with the way out.
 _REFUSED = ("TIME", "TIME WITH TIME ZONE", "TIMETZ", "INTERVAL", "BIT", "VARINT", "BIGNUM")
-
-
-@dataclass(frozen=True)
-class DeltaTarget:
-    """Where delta-rs writes ``<to>/<table>``: its URI and object_store options."""
-
-    uri: str
-    storage_options: dict[str, str]
-    shown: str  # as a user would type it
-
-    def table(self, version: int | None = None) -> Any:
-        """The ``DeltaTable`` (at ``version``, or the latest)."""
-        from deltalake import DeltaTable
-
-        return DeltaTable(self.uri, version=version, storage_options=self.storage_options or None)
-
-    def exists(self) -> bool:
-        """True when there is a Delta table here (a log with a first commit)."""
-        from deltalake import DeltaTable
-
-        return bool(DeltaTable.is_deltatable(self.uri, self.storage_options or None))
 
 
 @dataclass(frozen=True)
@@ -114,62 +92,6 @@ class DeltaPlan:
     @property
     def up_to_date(self) -> bool:
         return not self.write and not self.remove and not self.full
-
-
-def delta_target(target: ExportTarget) -> DeltaTarget:
-    """The delta-rs location of an export target, with the same settings fsspec uses.
-
-    delta-rs has its own object store client (Rust ``object_store``), so the fsspec file
-    system's options (``FSSPEC_S3_ENDPOINT_URL``, ``key``/``secret``, a region) are handed
-    over as its storage options; credentials in the environment (``AWS_*``, ``GOOGLE_*``,
-    ``AZURE_*``) are read by both.
-
-    Raises:
-        UsageError: the store is one delta-rs cannot write (``memory://`` and the like).
-    """
-    if target.local:
-        return DeltaTarget(target.base, {}, target.base)
-    protocols = (target.fs.protocol,) if isinstance(target.fs.protocol, str) \
-        else tuple(target.fs.protocol)
-    options: dict[str, str] = {}
-    given = dict(getattr(target.fs, "storage_options", {}) or {})
-    if {"s3", "s3a"} & set(protocols):
-        scheme = "s3"
-        endpoint = given.get("endpoint_url") or (given.get("client_kwargs") or {}).get(
-            "endpoint_url")
-        if endpoint:
-            options["AWS_ENDPOINT_URL"] = str(endpoint)
-            if str(endpoint).startswith("http://"):
-                options["AWS_ALLOW_HTTP"] = "true"
-        for ours, theirs in (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"),
-                             ("token", "AWS_SESSION_TOKEN")):
-            if given.get(ours):
-                options[theirs] = str(given[ours])
-        region = (given.get("client_kwargs") or {}).get("region_name")
-        if region:
-            options["AWS_REGION"] = str(region)
-    elif {"gs", "gcs"} & set(protocols):
-        scheme = "gs"
-    elif {"az", "abfs", "abfss"} & set(protocols):
-        scheme = "az"
-    else:
-        raise UsageError(f"--format delta cannot write to {target.base_url}: delta-rs writes "
-                         "local folders, s3://, gs:// and az:// only; use --format parquet "
-                         "there")
-    return DeltaTarget(f"{scheme}://{target.base.strip('/')}", options, target.base_url)
-
-
-def is_delta_table(target: ExportTarget) -> bool:
-    """True when ``<to>/<table>/`` holds a Delta log (whatever wrote it)."""
-    log = target.join(DELTA_LOG)
-    if target.local:
-        from pathlib import Path
-
-        return Path(log).is_dir()
-    try:
-        return bool(target.fs.exists(log))
-    except OSError:
-        return False
 
 
 def partition_columns(source: Source) -> list[tuple[str, str]]:
@@ -379,17 +301,6 @@ def partition_sizes(target: DeltaTarget, names: list[str]
     return sizes
 
 
-def vacuum(target: DeltaTarget, retention_hours: int, *, dry_run: bool = False) -> list[str]:
-    """Delete files no version younger than ``retention_hours`` needs; return them.
-
-    The latest version's files are never deleted, whatever the retention; a reader on an
-    older version keeps working while that version is within the retention. ``full`` mode
-    also deletes files of killed exports that no version ever referenced (once that old).
-    """
-    return list(target.table().vacuum(retention_hours=retention_hours, dry_run=dry_run,
-                                       enforce_retention_duration=False, full=True))
-
-
 def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -420,44 +331,6 @@ def load_runs_since(wh: Warehouse, table: str, since: str | None) -> list[str]:
         "GROUP BY load_run_id ORDER BY min(recorded_at), load_run_id",
         [table, since, since], action="reading the load runs of the export")
     return [str(r[0]) for r in rows]
-
-
-FORMATS = ("delta", "parquet")
-DEFAULT_FORMAT = "delta"  # for a target that holds no export yet
-
-
-def choose_format(requested: str | None, target: ExportTarget) -> str:
-    """The format to export in: ``requested``, or (None) the one already at the target, or
-    ``DEFAULT_FORMAT`` for a new target. A cron line written before Delta export existed
-    keeps exporting Parquet to the target it always did.
-
-    Raises:
-        UsageError: ``requested`` is unknown or differs from the export already there.
-    """
-    if requested is not None and requested not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {requested!r}")
-    delta = is_delta_table(target)
-    parquet = _has_pointer(target)
-    found = "delta" if delta else "parquet" if parquet else None
-    if requested is None:
-        return found or DEFAULT_FORMAT
-    if found is not None and found != requested:
-        raise UsageError(f"{target.display()} holds a {found} export; export with --format "
-                         f"{found} there, or use another --to for --format {requested}")
-    return requested
-
-
-def _has_pointer(target: ExportTarget) -> bool:
-    from lakehouse.export_target import POINTER_NAME
-
-    if target.local:
-        from pathlib import Path
-
-        return Path(target.pointer).exists()
-    try:
-        return bool(target.fs.exists(target.join(POINTER_NAME)))
-    except OSError:
-        return False
 
 
 def delta_exports(wh: Warehouse) -> list[tuple[str, str]]:

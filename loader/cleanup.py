@@ -27,7 +27,8 @@ from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
 from lakehouse.errors import LakehouseError, StagingUnavailableError, UnsafeFileError
-from lakehouse.export_delta import delta_exports, delta_target, vacuum
+from lakehouse.export_delta import delta_exports
+from lakehouse.export_delta_target import delta_target, vacuum
 from lakehouse.export_target import open_target
 from lakehouse.fsio import MARKER_MAX_BYTES, delete_path, read_regular
 from lakehouse.layout import (

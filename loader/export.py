@@ -38,7 +38,7 @@ from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import ExportError, UsageError, WarehouseError
 from lakehouse.export_copy import copy_partitions, with_bytes
-from lakehouse.export_delta import choose_format
+from lakehouse.export_delta_target import choose_format
 from lakehouse.export_ledger import insert_export, recorded_exports
 from lakehouse.export_plan import (
     POINTER_FORMAT,

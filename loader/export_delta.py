@@ -32,9 +32,7 @@ from lakehouse.export_delta import (
     DeltaPartition,
     DeltaPlan,
     DeltaState,
-    DeltaTarget,
     commit_export,
-    delta_target,
     load_runs_since,
     partition_columns,
     partition_keys,
@@ -42,6 +40,7 @@ from lakehouse.export_delta import (
     plan_delta,
     read_state,
 )
+from lakehouse.export_delta_target import DeltaTarget, delta_target
 from lakehouse.export_ledger import insert_delta_export, recorded_exports
 from lakehouse.export_plan import Source, describe_source
 from lakehouse.export_target import ExportTarget
