@@ -95,6 +95,8 @@ class LakeSettings:
     staging_root: str | None = None
     staging_options: MappingProxyType[str, Any] = field(
         default_factory=lambda: MappingProxyType({}))
+    # `lake cleanup` vacuums a Delta export's files unused this long (Delta's own default).
+    export_retention_hours: int = 168
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ def parse_config(doc: dict[str, Any], paths: LakePaths) -> LakeConfig:
         max_run_bytes=_number(lake, "max_run_bytes", 1 << 30, where, integer=True, low=1),
         staging_root=_staging_root(lake.get("staging_root"), "lake.staging_root", where),
         staging_options=_options(lake.get("staging_options", {}), where),
+        export_retention_hours=_number(lake, "export_retention_hours", 168, where,
+                                       integer=True, high=24 * 36_500),
     )
     tables_doc = doc.get("tables", {})
     if not isinstance(tables_doc, dict):

@@ -88,6 +88,15 @@ class Warehouse:
         except duckdb.Error as exc:
             raise WarehouseError(action, _one_line(exc), type(exc).__name__) from exc
 
+    def arrow_reader(self, sql: str, params: Sequence[Any] | None, batch_rows: int, *,
+                     action: str = "reading") -> Any:
+        """Run a query; return a pyarrow ``RecordBatchReader`` over its result, streamed in
+        batches of ``batch_rows`` (memory stays bounded). Consume it before the next call."""
+        try:
+            return self.con.sql(sql, params=params).to_arrow_reader(batch_rows)
+        except duckdb.Error as exc:
+            raise WarehouseError(action, _one_line(exc), type(exc).__name__) from exc
+
     def query(self, sql: str, params: Sequence[Any] | None = None, *,
               action: str = "running a query") -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run a query; return its column names and every row."""

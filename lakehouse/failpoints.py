@@ -51,6 +51,10 @@ POINTS: dict[str, str] = {
     "repartition.before_commit": "the swap (drop, rename, new spec) is written, not committed",
     "repartition.after_swap": "the swap committed; the snapshot not published",
     "repartition.before_publish": "about to publish the snapshot",
+    # lake export --format delta (loader/export_delta.py)
+    "export.delta_mid_write": "delta-rs is writing data files; the Delta log not touched",
+    "export.delta_after_commit": "the Delta commit is in the log; meta.exports not written",
+    "export.delta_after_record": "meta.exports written; the snapshot not republished",
     # lake cleanup
     "cleanup.after_record": "an abandoned run's ledger row committed; the run not moved",
     "cleanup.mid_expire": "some expired archive runs deleted, not all",

@@ -122,11 +122,25 @@ def _v6_table_spec(wh: Warehouse) -> None:
                    [spec_text(spec), name], action="backfilling meta.tables.spec_json")
 
 
+def _v8_delta_exports(wh: Warehouse) -> None:
+    """`lake export --format delta`: which format an export wrote, the Delta version it
+    committed, and its provenance (the snapshot it was read from, the load runs since the
+    previous export, as a JSON list)."""
+    for sql in [
+        "ALTER TABLE meta.exports ADD COLUMN format VARCHAR DEFAULT 'parquet'",
+        "ALTER TABLE meta.exports ADD COLUMN delta_version BIGINT",
+        "ALTER TABLE meta.exports ADD COLUMN source_snapshot VARCHAR",
+        "ALTER TABLE meta.exports ADD COLUMN load_run_ids VARCHAR",
+    ]:
+        wh.execute(sql, action="adding the Delta export columns")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
     Migration(3, "exports", _v3_exports),
     Migration(6, "table_spec", _v6_table_spec),
+    Migration(8, "delta_exports", _v8_delta_exports),
 )
 
 

@@ -133,6 +133,11 @@ def publish_snapshot(paths: LakePaths) -> PublishResult:
     return PublishResult(link, version.stat().st_size, time.monotonic() - started, method)
 
 
+def current_snapshot(paths: LakePaths) -> str | None:
+    """The name of the snapshot version readers open now (None before the first publish)."""
+    return _current_version(paths.read_snapshot)
+
+
 def _current_version(link: Path) -> str | None:
     """The version file ``lake.read.duckdb`` links to (None: no link, e.g. a snapshot
     published as a plain file by an earlier Lake)."""

@@ -26,7 +26,10 @@ from lakehouse import failpoints
 from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
 from lakehouse.db import open_warehouse
-from lakehouse.errors import StagingUnavailableError, UnsafeFileError
+from lakehouse.errors import LakehouseError, StagingUnavailableError, UnsafeFileError
+from lakehouse.export_delta import delta_exports
+from lakehouse.export_delta_target import delta_target, vacuum
+from lakehouse.export_target import open_target
 from lakehouse.fsio import MARKER_MAX_BYTES, delete_path, read_regular
 from lakehouse.layout import (
     ABANDONED_NAME,
@@ -58,7 +61,7 @@ DEFAULT_GRACE = timedelta(hours=1)
 class CleanupAction:
     """One thing cleanup removed or moved (or would, in a dry run)."""
 
-    kind: str  # temp_file | abandoned_run | expired_archive | trash
+    kind: str  # temp_file | abandoned_run | expired_archive | trash | delta_vacuum
     path: str  # relative to the root (a URL for a run in an object store)
     detail: str = ""
 
@@ -127,9 +130,11 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
                 _expired_archive(config, accounted, now, report)
             else:
                 _expired_objects(store, config, accounted, now, report)
+            exports = delta_exports(wh)
             wh.checkpoint()
         finally:
             wh.close()
+        _vacuum_delta_exports(config, exports, report)
         if not dry_run and publish_pending(paths):
             publish_snapshot(paths)  # readers and `lake audit` see the new ledger rows
         elif not dry_run:
@@ -141,6 +146,32 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
                                                     f"{count} half-deleted folders"))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _vacuum_delta_exports(config: LakeConfig, exports: list[tuple[str, str]],
+                          report: CleanupReport) -> None:
+    """Vacuum each Delta export: delete files no version younger than
+    ``export_retention_hours`` needs (never the latest version's). Holding the lock, no
+    export writes meanwhile. A target that is gone or unreachable is reported, not fatal."""
+    hours = config.settings.export_retention_hours
+    for to, table in exports:
+        try:
+            target = delta_target(open_target(to, table, config.paths,
+                                              config.settings.staging_root))
+            if not target.exists():
+                continue
+            removed = vacuum(target, hours, dry_run=report.dry_run)
+        except (LakehouseError, OSError) as exc:
+            report.kept.append(CleanupAction("delta_vacuum", f"{to}/{table}", str(exc)))
+            continue
+        except Exception as exc:  # delta-rs raises its own and plain exceptions
+            report.kept.append(CleanupAction("delta_vacuum", f"{to}/{table}",
+                                             f"cannot vacuum: {exc}".splitlines()[0]))
+            continue
+        if removed:
+            report.actions.append(CleanupAction(
+                "delta_vacuum", target.shown,
+                f"{len(removed)} files unused for over {hours} hours"))
 
 
 def _rel(paths: LakePaths, path: Path) -> str:

@@ -372,6 +372,10 @@ def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: f
 @click.option("--to", "to", required=True, metavar="DIR_OR_URL",
               help="Target folder or fsspec URL (s3://bucket/exports); the table goes to "
                    "<to>/<table>/.")
+@click.option("--format", "export_format", type=click.Choice(["delta", "parquet"]),
+              default=None,
+              help="delta: a Delta Lake table; parquet: Hive folders and _latest.json. "
+                   "Default: the format already at the target, delta for a new one.")
 @click.option("--full", is_flag=True, help="Rewrite every partition, changed or not.")
 @click.option("--dry-run", is_flag=True,
               help="Say which partitions would be written, carried over or removed; write "
@@ -381,10 +385,10 @@ def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: f
 @lock_timeout_option
 @json_option("Print the report as JSON.")
 @click.pass_obj
-def export(obj: LakeContext, table: str, to: str, full: bool, dry_run: bool,
-           keep_versions: int, lock_timeout: float, as_json: bool) -> None:
-    """Export TABLE as Hive-partitioned Parquet to a folder or URL, atomically and
-    incrementally (only changed partitions are rewritten).
+def export(obj: LakeContext, table: str, to: str, export_format: str | None, full: bool,
+           dry_run: bool, keep_versions: int, lock_timeout: float, as_json: bool) -> None:
+    """Export TABLE as a Delta Lake table (or Hive-partitioned Parquet) to a folder or URL,
+    atomically and incrementally (only changed partitions are rewritten).
 
     Exit 0 when exported (or already up to date), 2 for an unknown table or a bad target,
     75 when the warehouse is busy.
@@ -393,7 +397,7 @@ def export(obj: LakeContext, table: str, to: str, full: bool, dry_run: bool,
     from loader.render import render_export
 
     options = ExportOptions(to=to, full=full, dry_run=dry_run, lock_timeout=lock_timeout,
-                            keep_versions=keep_versions)
+                            keep_versions=keep_versions, format=export_format)
     with errors_to_exit():
         report = export_table(obj.config(), table, options)
     if as_json:

@@ -38,6 +38,7 @@ from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import ExportError, UsageError, WarehouseError
 from lakehouse.export_copy import copy_partitions, with_bytes
+from lakehouse.export_delta_target import choose_format
 from lakehouse.export_ledger import insert_export, recorded_exports
 from lakehouse.export_plan import (
     POINTER_FORMAT,
@@ -61,6 +62,7 @@ from lakehouse.layout import TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+from loader.export_delta import export_delta
 
 DEFAULT_KEEP_VERSIONS = 2  # the current version and the one before (for readers mid-scan)
 
@@ -74,6 +76,7 @@ class ExportOptions:
     dry_run: bool = False
     lock_timeout: float = 0.0
     keep_versions: int = DEFAULT_KEEP_VERSIONS
+    format: str | None = None  # delta | parquet; None: the target's own, delta for a new one
 
 
 @dataclass
@@ -102,6 +105,8 @@ class ExportReport:
     versions_removed: list[str] = field(default_factory=list)
     published: bool = False
     seconds: float = 0.0
+    format: str = "parquet"  # delta | parquet
+    delta_version: int | None = None  # --format delta: the table's version after the export
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (with the counts of written/carried/removed partitions)."""
@@ -131,6 +136,8 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
     started = time.monotonic()
     report = ExportReport(table=table, target=target.display(), dry_run=options.dry_run,
                           pointer=target.display(POINTER_NAME))
+    if choose_format(options.format, target) == "delta":
+        return export_delta(config, table, target, options, report)
     if options.dry_run:
         _dry_run(paths, table, target, options, report)
         report.seconds = time.monotonic() - started

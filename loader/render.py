@@ -337,7 +337,10 @@ def render_export(report: Any) -> str:
     for label, values in (("written", report.written), ("removed", report.removed)):
         if values and len(values) <= 20:
             lines.append(f"  {label}: {', '.join('NULL' if v is None else v for v in values)}")
-    if not report.dry_run:
+    if not report.dry_run and getattr(report, "format", "parquet") == "delta":
+        lines.append(f"  read it at {report.target} (Delta table, version "
+                     f"{report.delta_version}; export {report.export_id})")
+    elif not report.dry_run:
         where = report.current or report.path
         key = f" (Hive partitioning on {report.partition_key})" if report.partition_key else ""
         lines.append(f"  read it at {where}{key}, or through {report.pointer}")

@@ -252,7 +252,7 @@ def test_export_writes_nested_hive_folders_every_reader_understands(tmp_path: Pa
     lake.stage("quotes", quotes(BASE_ROWS))
     lake.load()
     to = tmp_path / "exports"
-    report = export_table(lake.config(), "quotes", ExportOptions(to=str(to)))
+    report = export_table(lake.config(), "quotes", ExportOptions(to=str(to), format="parquet"))
     assert report.partition_key == "symbol_identity/ts_month"
     current = to / "quotes" / "current"
     assert sorted(p.relative_to(current).as_posix() for p in current.rglob("*.parquet")) == [
@@ -282,8 +282,42 @@ def test_export_writes_nested_hive_folders_every_reader_understands(tmp_path: Pa
     # An upsert into one pair rewrites that folder only.
     lake.stage("quotes", quotes([(3, "MSFT", "2026-01-06", 30.0)]))
     lake.load()
-    second = export_table(lake.config(), "quotes", ExportOptions(to=str(to)))
+    second = export_table(lake.config(), "quotes", ExportOptions(to=str(to), format="parquet"))
     assert second.written == ["symbol=MSFT/ts=2026-01"] and len(second.carried_over) == 3
+
+
+def test_delta_export_partitions_by_every_column_and_replaces_one_pair(tmp_path: Path) -> None:
+    from deltalake import DeltaTable
+
+    lake = quotes_lake(tmp_path, "upsert", 'primary_key = ["id"]')
+    lake.stage("quotes", quotes([*BASE_ROWS, (5, "a/b=c", "2026-01-02", 5.0)]))
+    lake.load()
+    to = tmp_path / "delta"
+    uri = str(to / "quotes")
+    first = export_table(lake.config(), "quotes", ExportOptions(to=str(to), format="delta"))
+    assert first.delta_version == 0 and first.full
+    dt = DeltaTable(uri)
+    assert dt.metadata().partition_columns == ["symbol_identity", "ts_month"]
+    assert sorted((p["symbol_identity"], p["ts_month"]) for p in dt.partitions()) == sorted(
+        {(r[1], r[2][:7]) for r in [*BASE_ROWS, (5, "a/b=c", "2026-01-02", 5.0)]})
+
+    def delta_rows(version: int | None = None) -> list[tuple[Any, ...]]:
+        rows = DeltaTable(uri, version=version).to_pyarrow_table().to_pylist()
+        return sorted((r["id"], r["symbol"], r["ts"].strftime("%Y-%m-%d"), r["price"],
+                       r["symbol_identity"], r["ts_month"]) for r in rows)
+
+    def duck_rows() -> list[tuple[Any, ...]]:
+        return sorted((r[0], r[1], r[2], r[3], r[1], r[2][:7]) for r in table(lake))
+
+    assert delta_rows() == duck_rows()
+    before = duck_rows()
+    # An upsert moves id 3 within MSFT's January: only that pair is rewritten, in one commit.
+    lake.stage("quotes", quotes([(3, "MSFT", "2026-01-06", 30.0)]))
+    lake.load()
+    second = export_table(lake.config(), "quotes", ExportOptions(to=str(to), format="delta"))
+    assert second.delta_version == 1 and second.written == ["symbol=MSFT/ts=2026-01"]
+    assert delta_rows() == duck_rows() != before
+    assert delta_rows(version=0) == before  # time travel to the previous export
 
 
 def test_export_to_an_object_store_nests_folders_and_carries_pairs_over(tmp_path: Path) -> None:
@@ -293,10 +327,12 @@ def test_export_to_an_object_store_nests_folders_and_carries_pairs_over(tmp_path
     name = f"lake-multipart-{uuid.uuid4().hex[:8]}"
     fs = fsspec.filesystem("memory")
     try:
-        export_table(lake.config(), "quotes", ExportOptions(to=f"memory://{name}/x"))
+        export_table(lake.config(), "quotes", ExportOptions(to=f"memory://{name}/x",
+                                                          format="parquet"))
         lake.stage("quotes", quotes([(1, "AAPL", "2026-01-07", 1.5)]))
         lake.load()
-        second = export_table(lake.config(), "quotes", ExportOptions(to=f"memory://{name}/x"))
+        second = export_table(lake.config(), "quotes", ExportOptions(to=f"memory://{name}/x",
+                                                          format="parquet"))
         assert second.written == ["symbol=AAPL/ts=2026-01"] and len(second.carried_over) == 4
         doc = json.loads(fs.cat_file(f"/{name}/x/quotes/_latest.json"))
         version = f"/{name}/x/quotes/{doc['path']}"

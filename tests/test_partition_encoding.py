@@ -54,7 +54,7 @@ def load_cities(lake: Lake, cities: list[str], zones: list[str] | None = None) -
 
 
 def export(lake: Lake, to: Path) -> Any:
-    return export_table(lake.config(), "cities", ExportOptions(to=str(to)))
+    return export_table(lake.config(), "cities", ExportOptions(to=str(to), format="parquet"))
 
 
 def read_duckdb(folder: Path, keys: list[str]) -> list[tuple[Any, ...]]:
