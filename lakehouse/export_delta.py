@@ -27,7 +27,7 @@ from typing import Any
 from lakehouse import failpoints
 from lakehouse.config import PartitionSpec
 from lakehouse.db import Warehouse, quote
-from lakehouse.errors import ExportError, UsageError
+from lakehouse.errors import ExportError, PartitionValueError, UsageError
 from lakehouse.export_delta_target import DeltaTarget
 from lakehouse.export_plan import Source, fingerprint_partitions, sort_key
 from lakehouse.layout import PARTITION_COLUMN
@@ -180,9 +180,11 @@ def plan_delta(wh: Warehouse, source: Source, state: DeltaState | None, *,
     if names and "" in fingerprints:
         # Delta stores partition values as strings and reads "" as NULL: the partition
         # would come back as NULL and collide with a NULL partition.
-        raise UsageError(f"table {source.table} has a partition whose value is the empty "
-                         "string, which Delta Lake reads as NULL; export it with --format "
-                         "parquet, or load a non-empty value instead")
+        # Neither format carries it (the Parquet export refuses it too, for Spark's sake).
+        raise PartitionValueError(
+            f"cannot export table {source.table}: a partition value is the empty string, "
+            "which Delta Lake reads back as NULL; give those rows another value (or partition "
+            "by another column) and export again")
     reason = ""
     if full:
         reason = "full: --full"
