@@ -32,6 +32,7 @@ from conftest import REPO, Lake, lake_cli, make_root
 from s3server import CREDENTIALS, S3, s3, s3_endpoint  # noqa: F401  (fixtures)
 
 from lakehouse import failpoints
+from lakehouse.db import Warehouse
 from lakehouse.errors import ConfigError, LockHeldError, UsageError
 from lakehouse.export_plan import hive_key
 from lakehouse.migrations import LATEST_VERSION, MIGRATIONS
@@ -600,10 +601,16 @@ def test_busy_warehouse_exits_75_naming_the_holder(lake: Lake, tmp_path: Path) -
 # -- migrations -----------------------------------------------------------------------------
 def test_init_upgrades_a_v2_warehouse(lake: Lake) -> None:
     path = lake.root / "warehouse" / "lake.duckdb"
-    con = duckdb.connect(str(path))  # make it what an older Lake left: schema v2
-    con.execute("DROP TABLE meta.exports")
-    con.execute("DROP TABLE meta.export_partitions")
-    con.execute("DELETE FROM meta.schema_migrations WHERE version >= 3")
+    path.unlink()  # make it what an older Lake left: migrations 1 and 2 only
+    con = duckdb.connect(str(path))
+    wh = Warehouse(con, path, read_only=False)
+    wh.execute("CREATE SCHEMA meta")
+    wh.execute("CREATE TABLE meta.schema_migrations (version INTEGER PRIMARY KEY, "
+               "name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)")
+    for migration in MIGRATIONS[:2]:
+        migration.apply(wh)
+        wh.execute("INSERT INTO meta.schema_migrations VALUES (?, ?, now())",
+                   [migration.version, migration.name])
     con.close()
     result = run(lake.root, "init", "--json")
     assert result.exit_code == 0, result.output
