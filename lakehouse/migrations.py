@@ -106,10 +106,23 @@ def _v3_exports(wh: Warehouse) -> None:
         wh.execute(sql, action="creating the export tables")
 
 
+def _v4_run_origin(wh: Warehouse) -> None:
+    """Who ran what: the pid and host of the process behind each run-log row (so the job
+    that closes a run left ``started`` by a killed process can name it), and the producer's
+    own code version of each staged run (``stage_run(..., version=...)``)."""
+    for sql in [
+        "ALTER TABLE meta.ingestion_runs ADD COLUMN pid BIGINT",
+        "ALTER TABLE meta.ingestion_runs ADD COLUMN host VARCHAR",
+        "ALTER TABLE meta.staged_runs ADD COLUMN producer_version VARCHAR",
+    ]:
+        wh.execute(sql, action="adding the run origin columns")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
     Migration(3, "exports", _v3_exports),
+    Migration(4, "run_origin", _v4_run_origin),
 )
 
 

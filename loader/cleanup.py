@@ -25,7 +25,7 @@ from typing import Any
 from lakehouse import failpoints
 from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
-from lakehouse.db import open_warehouse
+from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import StagingUnavailableError, UnsafeFileError
 from lakehouse.fsio import MARKER_MAX_BYTES, delete_path, read_regular
 from lakehouse.layout import (
@@ -43,6 +43,7 @@ from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
 from lakehouse.object_area import ObjectArea
 from lakehouse.object_store import StoredObject
+from lakehouse.observability import RunLogger
 from lakehouse.publish import (
     mark_publish_pending,
     publish_pending,
@@ -85,11 +86,16 @@ class CleanupReport:
 
 
 def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | None = None,
-                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0) -> CleanupReport:
+                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0,
+                 triggered_by: str = "cli") -> CleanupReport:
     """Remove stray temp files, quarantine abandoned runs, delete archive past retention.
+
+    A cleanup that is not a dry run records one ``cleanup`` run in the run log, even when it
+    finds nothing to do.
 
     Args:
         now: the time ages are measured against (tests pass a later one to make runs old).
+        triggered_by: who started it, for the run log (``cli``, ``cron``, ...).
 
     Raises:
         LockHeldError: a load or compaction holds the warehouse.
@@ -102,31 +108,17 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
     area = staging_area(config)
     store = area if isinstance(area, ObjectArea) else None
     with WarehouseLock(paths, "lake cleanup", lock_timeout):
-        _temp_files(paths, now, grace, report)
-        abandoned = (_abandoned_runs(config, now, report) if store is None
-                     else _abandoned_objects(store, config, now, report))
         wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
         try:
             migrate(wh)
-            accounted = _ledger_times(wh)
-            if abandoned and not dry_run:
-                # A run already recorded is one whose move a crash interrupted: the ledger
-                # keeps its row (a second one would break the key); only the move is redone.
-                rows = [abandoned_row(t, r, reason) for t, r, reason in abandoned
-                        if (t, r) not in accounted]
-                if rows:
-                    # The ledger row commits before the run moves; a crash between the two
-                    # leaves the run in staging, and the next cleanup moves it.
-                    mark_publish_pending(paths)
-                    with wh.transaction("recording abandoned runs"):
-                        record_runs(wh, rows)
-                failpoints.hit("cleanup.after_record")
-                for table, run_id, reason in abandoned:
-                    area.quarantine(table, run_id, reason)
-            if store is None:
-                _expired_archive(config, accounted, now, report)
+            if dry_run:
+                _clean(config, wh, store, now, grace, report)
             else:
-                _expired_objects(store, config, accounted, now, report)
+                # The run covers everything cleanup changes; it closes before the publish,
+                # so the snapshot shows it (a failed publish is retried by the next writer).
+                with RunLogger(wh, "cleanup", triggered_by,
+                               args={"grace_minutes": grace.total_seconds() / 60}):
+                    _clean(config, wh, store, now, grace, report)
             wh.checkpoint()
         finally:
             wh.close()
@@ -134,13 +126,42 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
             publish_snapshot(paths)  # readers and `lake audit` see the new ledger rows
         elif not dry_run:
             remove_superseded_snapshots(paths)
-        if not dry_run:
-            count = empty_trash(paths)
-            if count:
-                report.actions.append(CleanupAction("trash", "archive/.trash",
-                                                    f"{count} half-deleted folders"))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _clean(config: LakeConfig, wh: Warehouse, store: ObjectArea | None, now: datetime,
+           grace: timedelta, report: CleanupReport) -> None:
+    """Cleanup's steps, under the lock, with the warehouse open (nothing moves in a dry run)."""
+    paths, dry_run = config.paths, report.dry_run
+    area = store or staging_area(config)
+    _temp_files(paths, now, grace, report)
+    abandoned = (_abandoned_runs(config, now, report) if store is None
+                 else _abandoned_objects(store, config, now, report))
+    accounted = _ledger_times(wh)
+    if abandoned and not dry_run:
+        # A run already recorded is one whose move a crash interrupted: the ledger
+        # keeps its row (a second one would break the key); only the move is redone.
+        rows = [abandoned_row(t, r, reason) for t, r, reason in abandoned
+                if (t, r) not in accounted]
+        if rows:
+            # The ledger row commits before the run moves; a crash between the two
+            # leaves the run in staging, and the next cleanup moves it.
+            mark_publish_pending(paths)
+            with wh.transaction("recording abandoned runs"):
+                record_runs(wh, rows)
+        failpoints.hit("cleanup.after_record")
+        for table, run_id, reason in abandoned:
+            area.quarantine(table, run_id, reason)
+    if store is None:
+        _expired_archive(config, accounted, now, report)
+    else:
+        _expired_objects(store, config, accounted, now, report)
+    if not dry_run:
+        count = empty_trash(paths)
+        if count:
+            report.actions.append(CleanupAction("trash", "archive/.trash",
+                                                f"{count} half-deleted folders"))
 
 
 def _rel(paths: LakePaths, path: Path) -> str:
