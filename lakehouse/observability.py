@@ -86,7 +86,9 @@ class RunLogger:
         """Record the ``started`` row, closing first the runs that killed processes left
         ``started`` (the caller holds the warehouse lock: no other run can be live)."""
         with self.wh.transaction("recording the run start"):
-            self.killed = close_killed_runs(self.wh, self.run_id, self.job_name)
+            # Found now: their ended_at is this run's started_at.
+            self.killed = close_killed_runs(self.wh, self.run_id, self.job_name,
+                                            self.started_at)
             self.wh.execute(
                 "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, "
                 "started_at, storage_backend, args_json, app_version, pid, host) "

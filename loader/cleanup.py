@@ -309,6 +309,7 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
     if not paths.archive.is_dir():
         return
     cutoff = now.replace(tzinfo=None) - timedelta(days=config.settings.retention_days)
+    deleted = 0
     for table_dir in sorted(paths.archive.iterdir()):
         # Links are never followed: deleting through one would delete outside the lake.
         if table_dir.name.startswith(".") or table_dir.is_symlink() or not table_dir.is_dir():
@@ -329,6 +330,9 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
                                                 f"{entry[0]} at {entry[1]:%Y-%m-%d %H:%M}"))
             if not report.dry_run:
                 delete_run_folder(paths, run_dir)
+                deleted += 1
+                if deleted == 1:
+                    failpoints.hit("cleanup.mid_expire")  # one run deleted, the others not
 
 
 def _expired_objects(store: ObjectArea, config: LakeConfig,
