@@ -601,9 +601,9 @@ def test_init_upgrades_a_v2_warehouse(lake: Lake) -> None:
     result = run(lake.root, "init", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["migrations_applied"] == [3] and data["schema_version"] == 3
+    assert data["migrations_applied"] == [3, 4] and data["schema_version"] == 4
     assert lake.rows("SELECT version, name FROM meta.schema_migrations ORDER BY 1") == [
-        (1, "meta_schema"), (2, "ledger_key_by_table"), (3, "exports")]
+        (1, "meta_schema"), (2, "ledger_key_by_table"), (3, "exports"), (4, "run_origin")]
     assert lake.rows("SELECT count(*) FROM meta.exports") == [(0,)]
 
 

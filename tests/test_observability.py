@@ -238,7 +238,7 @@ def test_schema_migrations_hold_each_version_once(lake: Lake) -> None:
     rows = lake.rows("SELECT version, name, applied_at FROM meta.schema_migrations "
                      "ORDER BY version")
     assert [(v, n) for v, n, _ in rows] == [(1, "meta_schema"), (2, "ledger_key_by_table"),
-                                                (3, "exports")]
+                                                (3, "exports"), (4, "run_origin")]
     assert isinstance(rows[0][2], dt.datetime)
     tables = {r[0] for r in lake.rows(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'meta'")}
@@ -270,4 +270,4 @@ def test_a_version_1_warehouse_is_migrated_with_its_ledger(tmp_path: Path) -> No
     lk.init()
     assert lk.rows("SELECT table_name, run_id, status FROM meta.staged_runs") == [
         ("plain", "r1", "loaded")]
-    assert lk.rows("SELECT max(version) FROM meta.schema_migrations") == [(3,)]
+    assert lk.rows("SELECT max(version) FROM meta.schema_migrations") == [(4,)]

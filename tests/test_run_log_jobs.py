@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 from conftest import Lake, hand_run_id, lake_cli, write_run_by_hand
+from model import JobCall, row_state_allowed, run_log_rows
 
 import lakehouse
 from lakehouse import failpoints
@@ -223,6 +224,10 @@ def test_a_run_killed_at_each_point_is_closed_by_the_next_job(lake: Lake, tmp_pa
     closing = [r for r in after.values() if r["run_id"] not in before and r["pid"] != pid]
     assert [(r["job_name"], r["status"]) for r in closing] == [(closer, "success")]
     killed = [after[r["run_id"]] for r in left]
+    # The reference model allows what was found (tests/model.py, run_log_rows).
+    command = "quarantine replay" if args[0] == "quarantine" else args[0]
+    state = (killed[0]["status"], killed[0]["error_type"]) if killed else None
+    assert row_state_allowed(state, run_log_rows(JobCall(command, None)))
     if expected != "killed":
         assert [r["status"] for r in killed] == ([] if expected is None else ["success"])
         return
@@ -310,3 +315,38 @@ def test_a_producer_version_is_bounded_like_other_manifest_text(lake: Lake) -> N
     ok(lake_cli(lake.root, "load"), 3)
     assert lake.quarantined("events") == [hand_run_id(1)]
     assert lake.reason("events", hand_run_id(1))["code"] == "manifest_mismatch"
+
+
+# -- the reference model's run log (tests/model.py), as the chaos check uses it -------------
+def test_the_model_says_which_commands_record_which_rows() -> None:
+    assert run_log_rows(JobCall("audit", 0)) == {None}
+    assert run_log_rows(JobCall("load", 0, dry_run=True)) == {None}
+    assert run_log_rows(JobCall("load", 0)) == {("success", None)}
+    assert not row_state_allowed(("started", None), run_log_rows(JobCall("load", None)))
+    assert not row_state_allowed(None, run_log_rows(JobCall("cleanup", 0)))
+    assert row_state_allowed(("failed", "killed"), run_log_rows(JobCall("compact", None)))
+    assert not row_state_allowed(("failed", "killed"), run_log_rows(JobCall("compact", 1)))
+    assert row_state_allowed(("failed", "LoadAbortedError"), run_log_rows(JobCall("load", 3)))
+    assert row_state_allowed(None, run_log_rows(JobCall("export", 75)))
+
+
+def test_migration_4_upgrades_a_warehouse_and_closes_an_older_lakes_killed_run(
+        lake: Lake) -> None:
+    lake.stage("events", events(1), producer="web-1")
+    lake.load()
+    path = lake.root / "warehouse" / "lake.duckdb"
+    con = duckdb.connect(str(path))  # what Lake at schema v3 left, killed during a load
+    con.execute("ALTER TABLE meta.ingestion_runs DROP COLUMN pid")
+    con.execute("ALTER TABLE meta.ingestion_runs DROP COLUMN host")
+    con.execute("ALTER TABLE meta.staged_runs DROP COLUMN producer_version")
+    con.execute("DELETE FROM meta.schema_migrations WHERE version = 4")
+    con.execute("INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, "
+                "started_at) VALUES ('old', 'load', 'cli', 'started', now()::TIMESTAMP)")
+    con.close()
+    ok(lake_cli(lake.root, "load"))
+    assert lake.rows("SELECT max(version) FROM meta.schema_migrations") == [(4,)]
+    assert lake.rows("SELECT producer, producer_version FROM meta.staged_runs") == [
+        ("web-1", None)]
+    [old] = [r for r in runs(lake.root) if r["run_id"] == "old"]
+    assert (old["status"], old["error_type"], old["pid"]) == ("failed", "killed", None)
+    assert "(pid unknown)" in old["error_message"]
