@@ -500,6 +500,7 @@ class Chaos:
             "rows_duplicated": checked["rows_duplicated"],
             "rows_unexpected": checked["rows_unexpected"],
             "ledger": checked["ledger"],
+            "run_log": checked.get("run_log", {}),
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 

@@ -99,8 +99,9 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         triggered_by: who started it, for the run log (``cli``, ``cron``, ...).
 
     A compaction that is not a dry run records one ``compact`` run in the run log: started in
-    the original file before the copy (so the copy carries it), closed in whichever file is
-    ``lake.duckdb`` when it ends.
+    the original file before the copy (so the copy carries it), closed as success in the
+    verified copy before the swap, or in the original when the copy is dropped (failed, or
+    success when it was not smaller).
 
     Raises:
         LockHeldError: a load or another compaction holds the warehouse.
@@ -121,10 +122,9 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         # Under the lock no other compaction runs: any compaction temp is a killed one's.
         _remove_temps(paths.warehouse_dir, TEMP_BASE + TMP_MARKER)
         args = {"keep_backups": keep_backups, "force": force}
-        usage, run = _checkpoint_and_measure(
+        usage, report.size_before, run = _checkpoint_and_measure(
             paths, lock_timeout,
             None if dry_run else lambda wh: RunLogger(wh, "compact", triggered_by, args))
-        report.size_before = paths.warehouse.stat().st_size
         report.used_bytes, report.free_bytes = usage.used_bytes, usage.free_bytes
         # What surely goes: the file minus its live blocks. free_blocks can count blocks past a
         # truncated file end, and deleted rows still sit in used blocks: so a lower bound.
@@ -138,7 +138,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             return report
         tmp = paths.warehouse_dir / temp_name(TEMP_BASE)
         try:
-            report.tables = _rebuild(paths, tmp, stop, say)
+            report.tables = _rebuild(paths, tmp, stop, say, run)
             report.size_after = size_after = tmp.stat().st_size
             if not force and size_after >= report.size_before:
                 _remove_temps(tmp.parent, tmp.name)
@@ -185,9 +185,6 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         say(f"swapped: {_mib(report.size_before)} -> {_mib(report.size_after)}")
         failpoints.hit("compact.after_swap")
         try:
-            # The run closes in the file now in place (the copy carried its started row), and
-            # before the publish, so the snapshot shows it.
-            _finish_run(paths, lock_timeout, run, None)
             # Pruning comes after the swap, so a crash never leaves us short of the new backup.
             report.backups_pruned = _prune_backups(paths, keep_backups)
             failpoints.hit("compact.before_publish")
@@ -204,9 +201,9 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
 
 def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float,
                             new_run: Callable[[Warehouse], RunLogger] | None
-                            ) -> tuple[SpaceUsage, RunLogger | None]:
-    """Record the run's start (unless a dry run), fold the WAL into the file and read its
-    block usage; the connection is closed after."""
+                            ) -> tuple[SpaceUsage, int, RunLogger | None]:
+    """Fold the WAL into the file, read its block usage and size, then record the run's
+    start (unless a dry run); the connection is closed after."""
     wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
     try:
         version = schema_version(wh)
@@ -216,18 +213,28 @@ def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float,
                 f"cannot compact: the warehouse is at schema version {version} and this Lake "
                 f"expects {LATEST_VERSION}; run lake init (it migrates), then lake compact "
                 "again; the warehouse is unchanged", path=str(paths.warehouse))
-        # Before the copy, so the rebuilt file carries the started row (and the killed runs
-        # it closed); measured after, so the gain counts it.
-        run = None if new_run is None else new_run(wh).start()
         wh.checkpoint()  # a clean file stays byte-identical; a WAL is folded in
-        return space_usage(wh), run
+        # Measured before the run's row: the rebuilt file must be smaller than the file as
+        # it was, not than the file grown by this compaction's own row.
+        usage, size = space_usage(wh), paths.warehouse.stat().st_size
+        if new_run is None:
+            return usage, size, None
+        # Before the copy, so the rebuilt file carries the started row (and the killed runs
+        # it closed), checkpointed so no WAL is left beside the original.
+        run = new_run(wh).start()
+        wh.checkpoint()
+        return usage, size, run
     finally:
         wh.close()  # the copy attaches the file READ_ONLY: no read-write handle may remain
 
 
 def _rebuild(paths: LakePaths, tmp: Path, stop: StopFlag | None,
-             say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Copy every table into the fresh file ``tmp`` and verify it; return per-table checks."""
+             say: Callable[[str], None], run: RunLogger | None) -> dict[str, dict[str, Any]]:
+    """Copy every table into the fresh file ``tmp`` and verify it; return per-table checks.
+
+    The verified copy closes the run as success: the file goes live only by the swap, and
+    then the compaction has done its work (no write to ``lake.duckdb`` after the swap). If
+    the copy is dropped instead, the original's started row is closed by the caller."""
     new = open_warehouse(tmp)
     try:
         migrate(new)  # the meta schema with its constraints, exactly as `lake init` makes it
@@ -248,6 +255,9 @@ def _rebuild(paths: LakePaths, tmp: Path, stop: StopFlag | None,
         say(f"verified {len(checks)} tables: row counts and checksums equal")
         failpoints.hit("compact.after_verify")
         new.execute(f"DETACH {SOURCE}", action="detaching the warehouse")
+        if run is not None:
+            run.wh = new
+            run.finish(None)
         new.checkpoint()  # everything in the file itself: the WAL must not be left behind
         return checks
     finally:

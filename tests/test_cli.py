@@ -62,7 +62,7 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     assert first.stdout == (
         f"lake root {root}\n"
         "  created: staging, quarantine, archive, warehouse, warehouse/backups\n"
-        "  warehouse schema version 3 (applied [1, 2, 3])\n"
+        "  warehouse schema version 4 (applied [1, 2, 3, 4])\n"
         "  tables declared: events, logs, plain, readings, snap, strict\n")
     for folder in ("staging", "quarantine", "archive", "warehouse/backups"):
         assert (root / folder).is_dir()
@@ -73,12 +73,12 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     assert second.stdout == (
         f"lake root {root}\n"
         "  created: nothing (exists)\n"
-        "  warehouse schema version 3\n"
+        "  warehouse schema version 4\n"
         "  tables declared: events, logs, plain, readings, snap, strict\n")
     again = run(root, "init", "--json")
     assert again.exit_code == 0
     assert json.loads(again.stdout) == {
-        "root": str(root), "created": [], "migrations_applied": [], "schema_version": 3,
+        "root": str(root), "created": [], "migrations_applied": [], "schema_version": 4,
         "tables": ["events", "logs", "plain", "readings", "snap", "strict"]}
 
 
@@ -88,7 +88,7 @@ def test_init_in_an_empty_folder_writes_a_starter_config(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert "lake.toml" in report["created"]
-    assert report["tables"] == [] and report["schema_version"] == 3
+    assert report["tables"] == [] and report["schema_version"] == 4
     assert (root / "lake.toml").is_file()
     assert json.loads(run(root, "init", "--json").stdout)["created"] == []
 

@@ -596,7 +596,10 @@ def test_init_upgrades_a_v2_warehouse(lake: Lake) -> None:
     con = duckdb.connect(str(path))  # make it what an older Lake left: schema v2
     con.execute("DROP TABLE meta.exports")
     con.execute("DROP TABLE meta.export_partitions")
-    con.execute("DELETE FROM meta.schema_migrations WHERE version = 3")
+    con.execute("DELETE FROM meta.schema_migrations WHERE version >= 3")
+    con.execute("ALTER TABLE meta.ingestion_runs DROP COLUMN pid")  # and v4's columns
+    con.execute("ALTER TABLE meta.ingestion_runs DROP COLUMN host")
+    con.execute("ALTER TABLE meta.staged_runs DROP COLUMN producer_version")
     con.close()
     result = run(lake.root, "init", "--json")
     assert result.exit_code == 0, result.output

@@ -173,7 +173,7 @@ AFTER_KILL = {
     "load.after_commit": "killed", "load.mid_archive": "killed",
     "load.after_archive": "success", "load.before_publish": "success",
     "compact.after_lock": None, "compact.after_copy": "killed", "compact.after_verify": "killed",
-    "compact.after_backup": "killed", "compact.after_swap": "killed",
+    "compact.after_backup": "killed", "compact.after_swap": "success",
     "compact.before_publish": "success",
     "export.after_lock": None, "export.after_write": "killed", "export.before_pointer": "killed",
     "export.after_pointer": "killed", "export.after_record": "killed",
@@ -200,7 +200,7 @@ def kill_at(root: Path, point: str, *args: str) -> int:
 
 
 # One point per job runs by default; the others are slow (each case runs three processes).
-QUICK = {"load.after_commit", "compact.after_swap", "export.after_write",
+QUICK = {"load.after_commit", "compact.after_backup", "export.after_write",
          "cleanup.after_record", "replay.after_forget"}
 
 
