@@ -82,6 +82,7 @@ class Call:
     stdout: str = ""
     term_after: float | None = None
     hung: bool = False
+    pid: int = 0  # the `lake` process: its run-log row names it
 
     @property
     def killed(self) -> bool:
@@ -155,6 +156,7 @@ class Chaos:
         self.stop_file = self.work / "stop"
         self.stop = threading.Event()
         self.calls: list[Call] = []
+        self.every_call: list[Call] = []  # also setup and final ones: each is in the run log
         self.stats = Stats()
         self.producers: list[Producer] = []
         self.next_pid = 1
@@ -206,7 +208,8 @@ class Chaos:
             err += "\n(chaos: killed after 900 s: hung)"
         call = Call(command, list(args), proc.returncode, time.monotonic() - started, crash_point,
                     kill_after if proc.returncode == KILLED else None, err[-3000:], out,
-                    term_after, hung)
+                    term_after, hung, proc.pid)
+        self.every_call.append(call)
         if record:
             self.calls.append(call)
             with (self.work / "logs" / "calls.jsonl").open("a") as log:
@@ -471,6 +474,7 @@ class Chaos:
         except ValueError:
             quarantine = None
         figures = checker.run(quarantine)
+        checker.check_run_log(self.every_call)
         readers = self.reader_reports()
         reader_check = checker.check("readers_never_failed",
                                      "every reader query on the published snapshot succeeded "
@@ -562,6 +566,7 @@ class Chaos:
             "rows_duplicated": checked["rows_duplicated"],
             "rows_unexpected": checked["rows_unexpected"],
             "ledger": checked["ledger"],
+            "run_log": checked.get("run_log", {}),
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 

@@ -526,6 +526,57 @@ class Checker:
         for message in self.failed_producer_runs:
             check.fail(message)
 
+    def check_run_log(self, calls: list[Any]) -> None:
+        """Every `lake` command the chaos run started has what the model's run log allows
+        (``tests/model.py`` ``run_log_rows``): a job that ended has exactly one row, closed;
+        a killed one none, or one closed as success or ``killed``; read-only commands and dry
+        runs none; and after the final loader tick no row is left ``started`` and no row
+        belongs to a process we did not start. Calls match rows by pid (a pid the system
+        gave to two of our calls is left out: its rows cannot be told apart)."""
+        check = self.check("run_log_truthful",
+                           "each lake command has the run-log rows the model allows (one "
+                           "closed row per writing job, none for read-only or dry runs); "
+                           "none left started")
+        rows = self.query(self.root / "warehouse" / "lake.duckdb",
+                          "SELECT run_id, job_name, status, error_type, pid "
+                          "FROM meta.ingestion_runs ORDER BY started_at")
+        by_pid: dict[int | None, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            by_pid.setdefault(row[4], []).append(row)
+            if row[2] == "started":
+                check.fail(f"{row[1]} run {row[0]} (pid {row[4]}) is still started")
+        seen = Counter(call.pid for call in calls)
+        killed = -9
+        for call in calls:
+            if seen[call.pid] > 1:
+                continue
+            name = ("quarantine replay" if call.command == "quarantine"
+                    and call.args[:1] == ["replay"] else call.command)
+            # A SIGTERM while Python starts (-15) did nothing, like a kill before the lock.
+            exit_code = None if call.rc in (killed, -15) else call.rc
+            job = self.model.JobCall(name, exit_code, "--dry-run" in call.args)
+            allowed = self.model.run_log_rows(job)
+            mine = by_pid.pop(call.pid, [])
+            if len(mine) > 1:
+                check.fail(f"lake {name} (pid {call.pid}, exit {call.rc}) has {len(mine)} "
+                           "run rows")
+                continue
+            state = (mine[0][2], mine[0][3]) if mine else None
+            if mine and mine[0][1] != self.model.RUN_LOG_JOBS.get(name):
+                check.fail(f"lake {name} (pid {call.pid}) recorded job {mine[0][1]!r}")
+            elif not self.model.row_state_allowed(state, allowed):
+                check.fail(f"lake {name} {' '.join(call.args)} (pid {call.pid}, exit "
+                           f"{call.rc}{', ' + call.crash_point if call.crash_point else ''})"
+                           f": run row {state}, the model allows {sorted(map(str, allowed))}")
+        for pid, left in by_pid.items():
+            if seen[pid] == 0:
+                check.fail(f"{len(left)} run rows of pid {pid}, which no lake command of "
+                           "ours ran")
+        self.figures["run_log"] = dict(Counter(
+            f"{job} {status}" + (f" {error}" if error else "")
+            for _, job, status, error, _ in rows).most_common())
+        self.figures["run_log_pids_reused"] = sum(1 for n in seen.values() if n > 1)
+
     # -- all of it ----------------------------------------------------------------------------
     def run(self, listed: list[dict[str, Any]] | None) -> dict[str, Any]:
         self.read_journals()

@@ -32,7 +32,7 @@ STAGED_RUNS_SCHEMA = pa.schema([
     ("rows_staged", pa.int64()), ("rows_loaded", pa.int64()), ("rows_rejected", pa.int64()),
     ("bytes_staged", pa.int64()), ("load_run_id", pa.string()),
     ("created_at", pa.timestamp("us")), ("committed_at", pa.timestamp("us")),
-    ("recorded_at", pa.timestamp("us")),
+    ("recorded_at", pa.timestamp("us")), ("producer_version", pa.string()),
 ])
 
 STAGED_FILES_SCHEMA = pa.schema([
@@ -79,6 +79,7 @@ def ledger_row(ref: RunRef, manifest: Manifest | None, manifest_sha: str | None,
         "rows_staged": manifest.rows if manifest else None, "rows_loaded": rows_loaded,
         "rows_rejected": rows_rejected, "bytes_staged": manifest.bytes if manifest else None,
         "load_run_id": load_id, "committed_at": committed,
+        "producer_version": manifest.producer_version if manifest else None,
     })
     return row
 

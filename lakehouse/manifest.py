@@ -64,6 +64,8 @@ class Manifest:
     schema: tuple[tuple[str, str], ...]  # (column, Arrow type as text)
     key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The producer's own code version (``stage_run(..., version=...)``): ledger and health.
+    producer_version: str | None = None
 
     @property
     def rows(self) -> int:
@@ -89,6 +91,8 @@ class Manifest:
             "schema": [{"name": n, "type": t} for n, t in self.schema],
             "extra": self.extra,
         }
+        if self.producer_version is not None:  # absent otherwise: older manifests unchanged
+            doc["producer_version"] = self.producer_version
         return json.dumps(doc, sort_keys=True, indent=1).encode()
 
     @classmethod
@@ -116,11 +120,15 @@ class Manifest:
             key = doc.get("key")
             if key is not None:
                 key = _str(key)
+            version = doc.get("producer_version")
+            if version is not None:
+                version = _str(version)
             manifest = cls(
                 table=_str(doc["table"]), run_id=_str(doc["run_id"]),
                 producer=_str(doc["producer"]), created_at=_str(doc["created_at"]),
                 committed_at=_str(doc["committed_at"]), files=files, schema=schema, key=key,
                 extra=dict(doc["extra"]) if isinstance(doc.get("extra"), dict) else {},
+                producer_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestFormatError(

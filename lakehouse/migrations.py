@@ -107,6 +107,18 @@ def _v3_exports(wh: Warehouse) -> None:
         wh.execute(sql, action="creating the export tables")
 
 
+def _v4_run_origin(wh: Warehouse) -> None:
+    """Who ran what: the pid and host of the process behind each run-log row (so the job
+    that closes a run left ``started`` by a killed process can name it), and the producer's
+    own code version of each staged run (``stage_run(..., version=...)``)."""
+    for sql in [
+        "ALTER TABLE meta.ingestion_runs ADD COLUMN pid BIGINT",
+        "ALTER TABLE meta.ingestion_runs ADD COLUMN host VARCHAR",
+        "ALTER TABLE meta.staged_runs ADD COLUMN producer_version VARCHAR",
+    ]:
+        wh.execute(sql, action="adding the run origin columns")
+
+
 def _v6_table_spec(wh: Warehouse) -> None:
     """Record each table's whole spec canonically (``lakehouse/table_spec.py``), so that a
     load can tell a changed ``partition_by``, key or merge strategy from the one the table
@@ -139,6 +151,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta_schema", _v1_meta_schema),
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
     Migration(3, "exports", _v3_exports),
+    Migration(4, "run_origin", _v4_run_origin),
     Migration(6, "table_spec", _v6_table_spec),
     Migration(8, "delta_exports", _v8_delta_exports),
 )

@@ -3,12 +3,20 @@
 :class:`RunLogger` writes the ``started`` row at once, buffers asset rows, check results and
 watermarks in memory, and writes them in a few statements, inside the caller's load
 transaction (:meth:`RunLogger.flush`). On exit it closes the run as success or failed.
+
+Every job that changes the lake records one run (``load``, ``compact``, ``cleanup``,
+``export``, ``quarantine_replay``); its row names the process (pid, host). A run left
+``started`` is one whose process died (SIGKILL, OOM, power loss) holding the warehouse lock:
+the next run to start, which holds that lock, closes it as ``failed`` / ``killed``
+(:func:`close_killed_runs`), in the transaction that records its own start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +47,8 @@ CHECKS_SCHEMA = pa.schema([
     ("run_id", pa.string()),
 ])
 
+KILLED = "killed"  # error_type of a run closed because its process died while it ran
+
 
 def as_timestamp(value: Any) -> datetime | None:
     """A naive UTC datetime for a watermark or event time (dates become midnight)."""
@@ -67,15 +77,26 @@ class RunLogger:
     _dirty_assets: set[tuple[str, str]] = field(default_factory=set)
     _checks: list[dict[str, Any]] = field(default_factory=list)
     _watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    killed: list[str] = field(default_factory=list)  # runs this start closed as killed
 
     def __enter__(self) -> RunLogger:
-        self.wh.execute(
-            "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, "
-            "started_at, storage_backend, args_json, app_version) "
-            "VALUES (?, ?, ?, 'started', ?, 'duckdb', ?, ?)",
-            [self.run_id, self.job_name, self.triggered_by, self.started_at,
-             json.dumps(self.args, default=jsonable), __version__],
-            action="recording the run start")
+        return self.start()
+
+    def start(self) -> RunLogger:
+        """Record the ``started`` row, closing first the runs that killed processes left
+        ``started`` (the caller holds the warehouse lock: no other run can be live)."""
+        with self.wh.transaction("recording the run start"):
+            # Found now: their ended_at is this run's started_at.
+            self.killed = close_killed_runs(self.wh, self.run_id, self.job_name,
+                                            self.started_at)
+            self.wh.execute(
+                "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, "
+                "started_at, storage_backend, args_json, app_version, pid, host) "
+                "VALUES (?, ?, ?, 'started', ?, 'duckdb', ?, ?, ?, ?)",
+                [self.run_id, self.job_name, self.triggered_by, self.started_at,
+                 json.dumps(self.args, default=jsonable), __version__, os.getpid(),
+                 socket.gethostname()],
+                action="recording the run start")
         return self
 
     def log_asset(self, asset_key: str, partition_key: str, status: str, *,
@@ -174,6 +195,14 @@ class RunLogger:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.finish(exc)
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        """Close the run: success (writing what is buffered) or failed with ``exc``.
+
+        A job whose warehouse connection changed meanwhile (compaction swaps the file)
+        sets :attr:`wh` to the current one first.
+        """
         ended = utcnow()
         duration = int((ended - self.started_at).total_seconds() * 1000)
         if exc is None:
@@ -190,6 +219,31 @@ class RunLogger:
             "error_type = ?, error_message = ?, error_stack_hash = ? WHERE run_id = ?",
             [ended, duration, type(exc).__name__, str(exc)[:2000], stack_hash(exc), self.run_id],
             action="recording the run failure")
+
+
+def close_killed_runs(wh: Warehouse, found_by: str, job_name: str,
+                      now: datetime | None = None) -> list[str]:
+    """Close every run still ``started`` but ``found_by`` as failed / ``killed``; return them.
+
+    Call under the warehouse lock: a job records its run only while it holds the lock, so a
+    ``started`` row the lock holder did not write belongs to a process that died holding it.
+    ``ended_at`` is when it was found (when the process died is not known), and
+    ``duration_ms`` stays NULL for the same reason.
+    """
+    now = now or utcnow()
+    rows = wh.fetchall("SELECT run_id, job_name, pid, host FROM meta.ingestion_runs "
+                       "WHERE status = 'started' AND run_id != ? ORDER BY started_at",
+                       [found_by], action="looking for runs of killed processes")
+    for run_id, job, pid, host in rows:
+        who = f"pid {pid} on {host}" if pid is not None else "pid unknown"
+        command = f"lake {str(job).replace('_', ' ')}"
+        message = (f"the {command} process ({who}) died before it closed this run (killed, "
+                   f"out of memory or power lost); found by {job_name} run {found_by}; what it "
+                   f"committed is kept, and the next {command} finishes or redoes the rest")
+        wh.execute("UPDATE meta.ingestion_runs SET status = 'failed', error_type = ?, "
+                   "error_message = ?, ended_at = ? WHERE run_id = ? AND status = 'started'",
+                   [KILLED, message, now, run_id], action="closing a killed run")
+    return [r[0] for r in rows]
 
 
 def stack_hash(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from lakehouse import failpoints
 from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
-from lakehouse.db import open_warehouse
+from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import LakehouseError, StagingUnavailableError, UnsafeFileError
 from lakehouse.export_delta import delta_exports
 from lakehouse.export_delta_target import delta_target, vacuum
@@ -46,6 +46,7 @@ from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder, empty_trash
 from lakehouse.object_area import ObjectArea
 from lakehouse.object_store import StoredObject
+from lakehouse.observability import RunLogger
 from lakehouse.publish import (
     mark_publish_pending,
     publish_pending,
@@ -88,11 +89,16 @@ class CleanupReport:
 
 
 def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | None = None,
-                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0) -> CleanupReport:
+                 grace: timedelta = DEFAULT_GRACE, lock_timeout: float = 0.0,
+                 triggered_by: str = "cli") -> CleanupReport:
     """Remove stray temp files, quarantine abandoned runs, delete archive past retention.
+
+    A cleanup that is not a dry run records one ``cleanup`` run in the run log, even when it
+    finds nothing to do.
 
     Args:
         now: the time ages are measured against (tests pass a later one to make runs old).
+        triggered_by: who started it, for the run log (``cli``, ``cron``, ...).
 
     Raises:
         LockHeldError: a load or compaction holds the warehouse.
@@ -105,47 +111,61 @@ def cleanup_lake(config: LakeConfig, *, dry_run: bool = False, now: datetime | N
     area = staging_area(config)
     store = area if isinstance(area, ObjectArea) else None
     with WarehouseLock(paths, "lake cleanup", lock_timeout):
-        _temp_files(paths, now, grace, report)
-        abandoned = (_abandoned_runs(config, now, report) if store is None
-                     else _abandoned_objects(store, config, now, report))
         wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
         try:
             migrate(wh)
-            accounted = _ledger_times(wh)
-            if abandoned and not dry_run:
-                # A run already recorded is one whose move a crash interrupted: the ledger
-                # keeps its row (a second one would break the key); only the move is redone.
-                rows = [abandoned_row(t, r, reason) for t, r, reason in abandoned
-                        if (t, r) not in accounted]
-                if rows:
-                    # The ledger row commits before the run moves; a crash between the two
-                    # leaves the run in staging, and the next cleanup moves it.
-                    mark_publish_pending(paths)
-                    with wh.transaction("recording abandoned runs"):
-                        record_runs(wh, rows)
-                failpoints.hit("cleanup.after_record")
-                for table, run_id, reason in abandoned:
-                    area.quarantine(table, run_id, reason)
-            if store is None:
-                _expired_archive(config, accounted, now, report)
+            if dry_run:
+                _clean(config, wh, store, now, grace, report)
             else:
-                _expired_objects(store, config, accounted, now, report)
-            exports = delta_exports(wh)
+                # The run covers everything cleanup changes; it closes before the publish,
+                # so the snapshot shows it (a failed publish is retried by the next writer).
+                with RunLogger(wh, "cleanup", triggered_by,
+                               args={"grace_minutes": grace.total_seconds() / 60}):
+                    _clean(config, wh, store, now, grace, report)
             wh.checkpoint()
         finally:
             wh.close()
-        _vacuum_delta_exports(config, exports, report)
         if not dry_run and publish_pending(paths):
             publish_snapshot(paths)  # readers and `lake audit` see the new ledger rows
         elif not dry_run:
             remove_superseded_snapshots(paths)
-        if not dry_run:
-            count = empty_trash(paths)
-            if count:
-                report.actions.append(CleanupAction("trash", "archive/.trash",
-                                                    f"{count} half-deleted folders"))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _clean(config: LakeConfig, wh: Warehouse, store: ObjectArea | None, now: datetime,
+           grace: timedelta, report: CleanupReport) -> None:
+    """Cleanup's steps, under the lock, with the warehouse open (nothing moves in a dry run)."""
+    paths, dry_run = config.paths, report.dry_run
+    area = store or staging_area(config)
+    _temp_files(paths, now, grace, report)
+    abandoned = (_abandoned_runs(config, now, report) if store is None
+                 else _abandoned_objects(store, config, now, report))
+    accounted = _ledger_times(wh)
+    if abandoned and not dry_run:
+        # A run already recorded is one whose move a crash interrupted: the ledger
+        # keeps its row (a second one would break the key); only the move is redone.
+        rows = [abandoned_row(t, r, reason) for t, r, reason in abandoned
+                if (t, r) not in accounted]
+        if rows:
+            # The ledger row commits before the run moves; a crash between the two
+            # leaves the run in staging, and the next cleanup moves it.
+            mark_publish_pending(paths)
+            with wh.transaction("recording abandoned runs"):
+                record_runs(wh, rows)
+        failpoints.hit("cleanup.after_record")
+        for table, run_id, reason in abandoned:
+            area.quarantine(table, run_id, reason)
+    if store is None:
+        _expired_archive(config, accounted, now, report)
+    else:
+        _expired_objects(store, config, accounted, now, report)
+    _vacuum_delta_exports(config, delta_exports(wh), report)
+    if not dry_run:
+        count = empty_trash(paths)
+        if count:
+            report.actions.append(CleanupAction("trash", "archive/.trash",
+                                                f"{count} half-deleted folders"))
 
 
 def _vacuum_delta_exports(config: LakeConfig, exports: list[tuple[str, str]],
@@ -319,6 +339,7 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
     if not paths.archive.is_dir():
         return
     cutoff = now.replace(tzinfo=None) - timedelta(days=config.settings.retention_days)
+    deleted = 0
     for table_dir in sorted(paths.archive.iterdir()):
         # Links are never followed: deleting through one would delete outside the lake.
         if table_dir.name.startswith(".") or table_dir.is_symlink() or not table_dir.is_dir():
@@ -339,6 +360,9 @@ def _expired_archive(config: LakeConfig, accounted: dict[tuple[str, str], tuple[
                                                 f"{entry[0]} at {entry[1]:%Y-%m-%d %H:%M}"))
             if not report.dry_run:
                 delete_run_folder(paths, run_dir)
+                deleted += 1
+                if deleted == 1:
+                    failpoints.hit("cleanup.mid_expire")  # one run deleted, the others not
 
 
 def _expired_objects(store: ObjectArea, config: LakeConfig,

@@ -29,9 +29,11 @@ from loader.render import TABLE_MAX_ROWS, emit_json, log_line
 class LakeContext:
     """What every command needs: the resolved root (and where staging lives, if elsewhere)."""
 
-    def __init__(self, root: Path, staging_root: str | None = None) -> None:
+    def __init__(self, root: Path, staging_root: str | None = None,
+                 triggered_by: str = "cli") -> None:
         self.root = root
         self.staging_root = staging_root
+        self.triggered_by = triggered_by  # recorded in each run-log row of a writing job
 
     def config(self) -> Any:
         from lakehouse.config import load_config, with_staging_root
@@ -47,9 +49,13 @@ class LakeContext:
               help="Read staging/, archive/ and quarantine/ from this object store URL "
                    "(s3://bucket/lake) instead of the root; overrides lake.toml's "
                    "[lake] staging_root (also LAKE_STAGING_ROOT).")
+@click.option("--triggered-by", envvar="LAKE_TRIGGERED_BY", default="cli", show_default=True,
+              metavar="TEXT", callback=lambda _c, _p, v: _triggered_by(v),
+              help="Who started this command (cron, airflow, a name), recorded in the run "
+                   "log of jobs that change the lake (also LAKE_TRIGGERED_BY).")
 @click.version_option(package_name="lake", prog_name="lake")
 @click.pass_context
-def cli(ctx: click.Context, root: Path, staging_root: str | None) -> None:
+def cli(ctx: click.Context, root: Path, staging_root: str | None, triggered_by: str) -> None:
     """Lake: lock-free Parquet staging, one validating loader, partitioned DuckDB tables."""
     if _URL.match(str(root)):
         click.echo(f"lake: --root must be a local folder: it holds the warehouse, its lock and "
@@ -57,10 +63,20 @@ def cli(ctx: click.Context, root: Path, staging_root: str | None) -> None:
                    f"and pass --staging-root {str(root).replace(':/', '://', 1)} "
                    "(or set [lake] staging_root in lake.toml)", err=True)
         raise click.exceptions.Exit(EXIT_USAGE)
-    ctx.obj = LakeContext(root, staging_root)
+    ctx.obj = LakeContext(root, staging_root, triggered_by)
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+TRIGGERED_BY_MAX_CHARS = 200
+
+
+def _triggered_by(value: str) -> str:
+    """--triggered-by: a short line of text (it lands in meta.ingestion_runs)."""
+    text = value.strip()
+    if not text or len(text) > TRIGGERED_BY_MAX_CHARS or not text.isprintable():
+        raise click.BadParameter(f"must be printable text of 1 to {TRIGGERED_BY_MAX_CHARS} "
+                                 "characters, such as cron", param_hint="--triggered-by")
+    return text
 
 
 def main() -> None:
@@ -166,7 +182,7 @@ def load(obj: LakeContext, table: str | None, max_runs: int | None, lock_timeout
     progress = Progress(enabled=not as_json)
     options = LoadOptions(table=table, max_runs=max_runs, lock_timeout=lock_timeout,
                           dry_run=dry_run, progress=progress, on_discover=progress.start,
-                          stop=stop)
+                          stop=stop, triggered_by=obj.triggered_by)
     try:
         with errors_to_exit(), _stop_on_signals(stop):
             config = obj.config()
@@ -264,7 +280,7 @@ def compact(obj: LakeContext, dry_run: bool, keep_backups: int, force: bool,
         report = compact_warehouse(
             obj.config(), dry_run=dry_run, keep_backups=keep_backups, force=force,
             lock_timeout=lock_timeout, stop=stop,
-            progress=None if as_json else log_line)
+            progress=None if as_json else log_line, triggered_by=obj.triggered_by)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -296,6 +312,7 @@ def repartition(obj: LakeContext, table: str, dry_run: bool, lock_timeout: float
     with errors_to_exit(), _stop_on_signals(stop):
         report = repartition_table(obj.config(), table, dry_run=dry_run,
                                    lock_timeout=lock_timeout, stop=stop,
+                                   triggered_by=obj.triggered_by,
                                    progress=None if as_json else log_line)
     if as_json:
         emit_json(report.as_dict())
@@ -321,7 +338,8 @@ def cleanup(obj: LakeContext, dry_run: bool, grace_minutes: float, lock_timeout:
 
     with errors_to_exit():
         report = cleanup_lake(obj.config(), dry_run=dry_run, lock_timeout=lock_timeout,
-                              grace=timedelta(minutes=grace_minutes))
+                              grace=timedelta(minutes=grace_minutes),
+                              triggered_by=obj.triggered_by)
     if as_json:
         emit_json(report.as_dict())
         return
@@ -362,7 +380,8 @@ def quarantine_replay(obj: LakeContext, run: str, dry_run: bool, lock_timeout: f
     from loader.render import render_replay
 
     with errors_to_exit():
-        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout)
+        result = replay_run(obj.config(), run, dry_run=dry_run, lock_timeout=lock_timeout,
+                            triggered_by=obj.triggered_by)
     click.echo(render_replay(result, dry_run))
 
 
@@ -397,7 +416,8 @@ def export(obj: LakeContext, table: str, to: str, export_format: str | None, ful
     from loader.render import render_export
 
     options = ExportOptions(to=to, full=full, dry_run=dry_run, lock_timeout=lock_timeout,
-                            keep_versions=keep_versions, format=export_format)
+                            keep_versions=keep_versions, format=export_format,
+                            triggered_by=obj.triggered_by)
     with errors_to_exit():
         report = export_table(obj.config(), table, options)
     if as_json:

@@ -46,6 +46,7 @@ from lakehouse.fsio import delete_path, fsync_dir, fsync_file, link_or_copy, tem
 from lakehouse.layout import PARTITION_COLUMN, STAMP_PATTERN, TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import LATEST_VERSION, migrate, schema_version
+from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 from loader.report import StopFlag
 
@@ -83,7 +84,8 @@ class CompactionReport:
 def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups: int = 3,
                       force: bool = False, lock_timeout: float = 0.0,
                       stop: StopFlag | None = None,
-                      progress: Callable[[str], None] | None = None) -> CompactionReport:
+                      progress: Callable[[str], None] | None = None,
+                      triggered_by: str = "cli") -> CompactionReport:
     """Rebuild the warehouse into a fresh file, verified, and swap it in keeping a backup.
 
     Args:
@@ -94,6 +96,12 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         lock_timeout: seconds to wait for the warehouse lock (and DuckDB's file lock).
         stop: checked between tables and before the swap (never during it).
         progress: called with one line per step.
+        triggered_by: who started it, for the run log (``cli``, ``cron``, ...).
+
+    A compaction that is not a dry run records one ``compact`` run in the run log: started in
+    the original file before the copy (so the copy carries it), closed as success in the
+    verified copy before the swap, or in the original when the copy is dropped (failed, or
+    success when it was not smaller).
 
     Raises:
         LockHeldError: a load or another compaction holds the warehouse.
@@ -113,8 +121,10 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
         failpoints.hit("compact.after_lock")
         # Under the lock no other compaction runs: any compaction temp is a killed one's.
         _remove_temps(paths.warehouse_dir, TEMP_BASE + TMP_MARKER)
-        usage = _checkpoint_and_measure(paths, lock_timeout)
-        report.size_before = paths.warehouse.stat().st_size
+        args = {"keep_backups": keep_backups, "force": force}
+        usage, report.size_before, run = _checkpoint_and_measure(
+            paths, lock_timeout,
+            None if dry_run else lambda wh: RunLogger(wh, "compact", triggered_by, args))
         report.used_bytes, report.free_bytes = usage.used_bytes, usage.free_bytes
         # What surely goes: the file minus its live blocks. free_blocks can count blocks past a
         # truncated file end, and deleted rows still sit in used blocks: so a lower bound.
@@ -128,7 +138,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             return report
         tmp = paths.warehouse_dir / temp_name(TEMP_BASE)
         try:
-            report.tables = _rebuild(paths, tmp, stop, say)
+            report.tables = _rebuild(paths, tmp, stop, say, run)
             report.size_after = size_after = tmp.stat().st_size
             if not force and size_after >= report.size_before:
                 _remove_temps(tmp.parent, tmp.name)
@@ -136,6 +146,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
                     f"({_mib(report.size_before)} -> {_mib(size_after)}); "
                     "--force swaps it in anyway")
                 report.backups_pruned = _prune_backups(paths, keep_backups)
+                _finish_run(paths, lock_timeout, run, None)
                 if publish_pending(paths):  # an earlier writer died before publishing
                     publish_snapshot(paths)
                     report.published = True
@@ -149,7 +160,10 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             _remove_temps(tmp.parent, tmp.name)  # before the swap: the original is all there is
             if isinstance(exc, OSError | LakehouseError) and not isinstance(
                     exc, StopRequestedError):
-                raise _failure(exc, paths, report.space_needed) from exc
+                error = _failure(exc, paths, report.space_needed)
+                _finish_run_quietly(paths, lock_timeout, run, error)
+                raise error from exc
+            _finish_run_quietly(paths, lock_timeout, run, exc)
             raise
         report.backup = str(backup.relative_to(paths.root))
         say(f"backup {report.backup}")
@@ -163,7 +177,9 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             os.replace(tmp, paths.warehouse)
         except OSError as exc:
             _remove_temps(tmp.parent, tmp.name)
-            raise _failure(exc, paths, report.space_needed) from exc
+            error = _failure(exc, paths, report.space_needed)
+            _finish_run_quietly(paths, lock_timeout, run, error)
+            raise error from exc
         fsync_dir(paths.warehouse_dir)  # make the rename itself durable
         report.swapped = True
         say(f"swapped: {_mib(report.size_before)} -> {_mib(report.size_after)}")
@@ -174,7 +190,7 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
             failpoints.hit("compact.before_publish")
             publish_snapshot(paths)  # readers see the compacted file; clears the pending note
             report.published = True
-        except OSError as exc:
+        except (OSError, WarehouseError) as exc:
             raise CompactionError(
                 f"the warehouse was compacted and swapped in, but then {exc}; fix that, then "
                 "run lake compact again (it republishes the read snapshot)",
@@ -183,8 +199,11 @@ def compact_warehouse(config: LakeConfig, *, dry_run: bool = False, keep_backups
     return report
 
 
-def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float) -> SpaceUsage:
-    """Fold the WAL into the file and read its block usage; the connection is closed after."""
+def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float,
+                            new_run: Callable[[Warehouse], RunLogger] | None
+                            ) -> tuple[SpaceUsage, int, RunLogger | None]:
+    """Fold the WAL into the file, read its block usage and size, then record the run's
+    start (unless a dry run); the connection is closed after."""
     wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
     try:
         version = schema_version(wh)
@@ -195,14 +214,27 @@ def _checkpoint_and_measure(paths: LakePaths, lock_timeout: float) -> SpaceUsage
                 f"expects {LATEST_VERSION}; run lake init (it migrates), then lake compact "
                 "again; the warehouse is unchanged", path=str(paths.warehouse))
         wh.checkpoint()  # a clean file stays byte-identical; a WAL is folded in
-        return space_usage(wh)
+        # Measured before the run's row: the rebuilt file must be smaller than the file as
+        # it was, not than the file grown by this compaction's own row.
+        usage, size = space_usage(wh), paths.warehouse.stat().st_size
+        if new_run is None:
+            return usage, size, None
+        # Before the copy, so the rebuilt file carries the started row (and the killed runs
+        # it closed), checkpointed so no WAL is left beside the original.
+        run = new_run(wh).start()
+        wh.checkpoint()
+        return usage, size, run
     finally:
         wh.close()  # the copy attaches the file READ_ONLY: no read-write handle may remain
 
 
 def _rebuild(paths: LakePaths, tmp: Path, stop: StopFlag | None,
-             say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Copy every table into the fresh file ``tmp`` and verify it; return per-table checks."""
+             say: Callable[[str], None], run: RunLogger | None) -> dict[str, dict[str, Any]]:
+    """Copy every table into the fresh file ``tmp`` and verify it; return per-table checks.
+
+    The verified copy closes the run as success: the file goes live only by the swap, and
+    then the compaction has done its work (no write to ``lake.duckdb`` after the swap). If
+    the copy is dropped instead, the original's started row is closed by the caller."""
     new = open_warehouse(tmp)
     try:
         migrate(new)  # the meta schema with its constraints, exactly as `lake init` makes it
@@ -223,10 +255,36 @@ def _rebuild(paths: LakePaths, tmp: Path, stop: StopFlag | None,
         say(f"verified {len(checks)} tables: row counts and checksums equal")
         failpoints.hit("compact.after_verify")
         new.execute(f"DETACH {SOURCE}", action="detaching the warehouse")
+        if run is not None:
+            run.wh = new
+            run.finish(None)
         new.checkpoint()  # everything in the file itself: the WAL must not be left behind
         return checks
     finally:
         new.close()
+
+
+def _finish_run(paths: LakePaths, lock_timeout: float, run: RunLogger | None,
+                exc: BaseException | None) -> None:
+    """Close the compaction's run in the file that is ``lake.duckdb`` now."""
+    if run is None:
+        return
+    wh = run.wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
+    try:
+        run.finish(exc)
+        wh.checkpoint()  # no WAL may be left beside the file (a later swap would replay it)
+    finally:
+        wh.close()
+
+
+def _finish_run_quietly(paths: LakePaths, lock_timeout: float, run: RunLogger | None,
+                        exc: BaseException) -> None:
+    """Record a failure; failing to do so must not hide the compaction's own error (the run
+    then stays ``started`` and the next job closes it as killed)."""
+    try:
+        _finish_run(paths, lock_timeout, run, exc)
+    except (OSError, WarehouseError):
+        pass
 
 
 def _refuse_leftover_wal(paths: LakePaths, tmp: Path) -> None:

@@ -61,6 +61,7 @@ from lakehouse.fsio import delete_path
 from lakehouse.layout import TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
+from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
 from loader.export_delta import export_delta
 
@@ -77,6 +78,7 @@ class ExportOptions:
     lock_timeout: float = 0.0
     keep_versions: int = DEFAULT_KEEP_VERSIONS
     format: str | None = None  # delta | parquet; None: the target's own, delta for a new one
+    triggered_by: str = "cli"  # recorded in the run log
 
 
 @dataclass
@@ -149,28 +151,12 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
         wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
         try:
             migrate(wh)
-            source = describe_source(wh, table)
-            report.partition_key = source.key
-            pointer = target.read_pointer()
-            plan = plan_export(wh, source, pointer, target, full=options.full)
-            _fill_plan(report, plan, pointer)
-            if plan.up_to_date and pointer is not None:
-                _report_current(report, target, pointer)
-                current = pointer
-                with _published(current, target):
-                    # A kill after the last pointer may have left the link and meta behind.
-                    if not target.link_current(str(pointer["export_id"])):
-                        report.current = None
-                    _record(wh, paths, target, pointer, None, started)
-            else:
-                current = _write_export(wh, paths, source, plan, pointer, target, options,
-                                        report)
-                failpoints.hit("export.after_pointer")
-                with _published(current, target):
-                    if not target.link_current(current["export_id"]):
-                        report.current = None  # no symlinks here: readers use the pointer
-                    _record(wh, paths, target, pointer, current, started)
-                failpoints.hit("export.after_record")
+            # One `export` run, up to date or not; it closes before the publish and the
+            # pruning (bookkeeping the next export redoes), so the snapshot shows it.
+            with RunLogger(wh, "export", options.triggered_by,
+                           args={"table": table, "to": target.display(), "full": options.full,
+                                 "keep_versions": options.keep_versions}):
+                current = _export(wh, paths, table, target, options, report, started)
             wh.checkpoint()
         finally:
             wh.close()
@@ -184,6 +170,32 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
             report.versions_removed = target.prune(keep[: options.keep_versions])
     report.seconds = time.monotonic() - started
     return report
+
+
+def _export(wh: Warehouse, paths: LakePaths, table: str, target: ExportTarget,
+            options: ExportOptions, report: ExportReport, started: float) -> dict[str, Any]:
+    """Plan, write and record the export (under the lock); return the published pointer."""
+    source = describe_source(wh, table)
+    report.partition_key = source.key
+    pointer = target.read_pointer()
+    plan = plan_export(wh, source, pointer, target, full=options.full)
+    _fill_plan(report, plan, pointer)
+    if plan.up_to_date and pointer is not None:
+        _report_current(report, target, pointer)
+        with _published(pointer, target):
+            # A kill after the last pointer may have left the link and meta behind.
+            if not target.link_current(str(pointer["export_id"])):
+                report.current = None
+            _record(wh, paths, target, pointer, None, started)
+        return pointer
+    current = _write_export(wh, paths, source, plan, pointer, target, options, report)
+    failpoints.hit("export.after_pointer")
+    with _published(current, target):
+        if not target.link_current(current["export_id"]):
+            report.current = None  # no symlinks here: readers use the pointer
+        _record(wh, paths, target, pointer, current, started)
+    failpoints.hit("export.after_record")
+    return current
 
 
 @contextmanager

@@ -48,6 +48,7 @@ from lakehouse.layout import LakePaths, utc_stamp
 from lakehouse.ledger import utcnow
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
+from lakehouse.observability import RunLogger
 from lakehouse.publish import (
     current_snapshot,
     mark_publish_pending,
@@ -90,25 +91,31 @@ def export_delta(config: LakeConfig, table: str, target: ExportTarget, options: 
         wh = open_warehouse(paths.warehouse, lock_timeout=options.lock_timeout)
         try:
             migrate(wh)
-            source = describe_source(wh, table)
-            report.partition_key = source.key
-            state = read_state(dtarget)
-            plan = plan_delta(wh, source, state, full=options.full)
-            _fill_plan(report, plan)
-            if plan.up_to_date and state is not None:
-                report.export_id, report.delta_version = state.export_id, state.version
-                with _committed(report, dtarget):
-                    _record(wh, paths, dtarget, target, state, None, started)
-                    _report_sizes(report, dtarget, plan, source)
-            else:
-                meta = _metadata(wh, source, plan, state, snapshot)
-                version = commit_export(wh, source, plan, dtarget, state, meta,
-                                        meta.pop("_keys"))
-                report.export_id, report.delta_version = meta["lake.export_id"], version
-                with _committed(report, dtarget):
-                    sizes = _report_sizes(report, dtarget, plan, source)
-                    _record(wh, paths, dtarget, target, state, (meta, version, sizes), started)
-                failpoints.hit("export.delta_after_record")
+            # One `export` run, as for Parquet; it closes before the republish, so the
+            # snapshot shows it.
+            with RunLogger(wh, "export", options.triggered_by,
+                           args={"table": table, "to": target.display(), "full": options.full,
+                                 "format": "delta"}):
+                source = describe_source(wh, table)
+                report.partition_key = source.key
+                state = read_state(dtarget)
+                plan = plan_delta(wh, source, state, full=options.full)
+                _fill_plan(report, plan)
+                if plan.up_to_date and state is not None:
+                    report.export_id, report.delta_version = state.export_id, state.version
+                    with _committed(report, dtarget):
+                        _record(wh, paths, dtarget, target, state, None, started)
+                        _report_sizes(report, dtarget, plan, source)
+                else:
+                    meta = _metadata(wh, source, plan, state, snapshot)
+                    version = commit_export(wh, source, plan, dtarget, state, meta,
+                                            meta.pop("_keys"))
+                    report.export_id, report.delta_version = meta["lake.export_id"], version
+                    with _committed(report, dtarget):
+                        sizes = _report_sizes(report, dtarget, plan, source)
+                        _record(wh, paths, dtarget, target, state, (meta, version, sizes),
+                                started)
+                    failpoints.hit("export.delta_after_record")
             wh.checkpoint()
         finally:
             wh.close()

@@ -34,6 +34,34 @@ HEALTH_QUERIES = {
 }
 
 
+# The run log by job and the producers' versions (issue 14). Each needs the columns of
+# migration 4: a snapshot published before it reports none (see run_log_report).
+RUN_LOG_QUERIES = {
+    "last_run_per_job": """
+        SELECT job_name, status, error_type, triggered_by, app_version, started_at,
+               duration_ms, runs_7d, failed_7d, killed_7d
+        FROM (SELECT *,
+                count(*) FILTER (WHERE recent) OVER w AS runs_7d,
+                count(*) FILTER (WHERE recent AND status = 'failed') OVER w AS failed_7d,
+                count(*) FILTER (WHERE recent AND error_type = 'killed') OVER w AS killed_7d,
+                row_number() OVER (PARTITION BY job_name
+                                   ORDER BY started_at DESC, run_id DESC) AS newest
+              FROM (SELECT *, started_at >= now()::TIMESTAMP - INTERVAL '7 days' AS recent
+                    FROM meta.ingestion_runs)
+              WINDOW w AS (PARTITION BY job_name))
+        WHERE newest = 1
+        ORDER BY job_name""",
+    "producer_versions": """
+        SELECT table_name, producer, producer_version, count(*) AS runs,
+               max(coalesce(committed_at, recorded_at)) AS last_seen
+        FROM meta.staged_runs
+        WHERE recorded_at >= now()::TIMESTAMP - INTERVAL '30 days'
+        GROUP BY ALL
+        ORDER BY table_name, producer, last_seen DESC, producer_version""",
+}
+RUN_LOG_COLUMNS = (("ingestion_runs", "pid"), ("staged_runs", "producer_version"))
+
+
 def check_health(root: str | Path) -> dict[str, list[dict[str, Any]]]:
     """Run the health queries on the root's published snapshot; rows as dicts by query name.
 
@@ -55,6 +83,22 @@ def health_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
     """Run the health queries of the observability spec; rows as dicts."""
     report: dict[str, list[dict[str, Any]]] = {}
     for name, sql in HEALTH_QUERIES.items():
+        cols, rows = wh.query(sql, action=f"running health query {name}")
+        report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
+    report.update(run_log_report(wh))
+    return report
+
+
+def run_log_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
+    """The last run of each job (a killed one shows ``error_type = killed``) with its 7-day
+    counts, and the producer versions seen in 30 days; empty on a pre-v4 snapshot."""
+    migrated = all(any(c == column for c, _ in wh.columns("meta", table))
+                   for table, column in RUN_LOG_COLUMNS)
+    report: dict[str, list[dict[str, Any]]] = {}
+    for name, sql in RUN_LOG_QUERIES.items():
+        if not migrated:
+            report[name] = []
+            continue
         cols, rows = wh.query(sql, action=f"running health query {name}")
         report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
     return report

@@ -287,8 +287,9 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         loader = None
         try:
             migrate(wh)
-            with RunLogger(wh, "load", args={"table": options.table,
-                                             "max_runs": options.max_runs}) as logger:
+            with RunLogger(wh, "load", triggered_by=options.triggered_by,
+                           args={"table": options.table,
+                                 "max_runs": options.max_runs}) as logger:
                 report.load_run_id = logger.run_id
                 loader = _Loader(config, options, wh, logger, report)
                 entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs])

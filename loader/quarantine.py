@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +35,7 @@ import pyarrow.parquet as pq
 from lakehouse import failpoints
 from lakehouse.areas import staging_area
 from lakehouse.config import LakeConfig
-from lakehouse.db import open_warehouse
+from lakehouse.db import Warehouse, open_warehouse
 from lakehouse.errors import UnsafeFileError, UsageError
 from lakehouse.fsio import (
     MARKER_MAX_BYTES,
@@ -64,6 +66,7 @@ from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.migrations import migrate
 from lakehouse.moves import delete_run_folder
 from lakehouse.object_area import ObjectArea
+from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending, publish_snapshot
 
 
@@ -212,8 +215,10 @@ class ReplayResult:
 
 
 def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
-               lock_timeout: float = 0.0) -> ReplayResult:
+               lock_timeout: float = 0.0, triggered_by: str = "cli") -> ReplayResult:
     """Put a quarantined run (or its rejected rows) back into staging for the next load.
+
+    A replay that is not a dry run records one ``quarantine_replay`` run in the run log.
 
     Raises:
         UsageError: no such quarantined run, several match, or it cannot be replayed.
@@ -236,13 +241,14 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
         raise UsageError(f"table {q.table!r} is not declared in lake.toml: declare it first")
     area = staging_area(config)
     if isinstance(area, ObjectArea):
-        return _replay_object(config, area, q, dry_run, lock_timeout)
+        return _replay_object(config, area, q, dry_run, lock_timeout, triggered_by)
     source = paths.root / q.path
     if q.kind == "rejected_rows":
         run_id = new_run_id("replay")
         target = paths.staged_run(q.table, run_id)
         if not dry_run:
-            with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
+            with WarehouseLock(paths, "lake quarantine replay", lock_timeout), \
+                    _recorded(paths, q, lock_timeout, triggered_by):
                 _stage_rejected_rows(paths, q.table, run_id, source)
         return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind,
                             dry_run)
@@ -252,10 +258,12 @@ def replay_run(config: LakeConfig, run: str, *, dry_run: bool = False,
         raise UsageError(f"{target.relative_to(paths.root)} already exists in staging")
     if not dry_run:
         with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
-            # Forget the ledger row first: if we die before the move, the run simply
-            # stays in quarantine; the other order would re-quarantine it on next load.
-            _forget(paths, q.table, run_id, lock_timeout)
-            rename_durably(source, target)
+            with _recorded(paths, q, lock_timeout, triggered_by) as wh:
+                # Forget the ledger row first: if we die before the move, the run simply
+                # stays in quarantine; the other order would re-quarantine it on next load.
+                _forget(wh, paths, q.table, run_id)
+                failpoints.hit("replay.after_forget")
+                rename_durably(source, target)
             publish_snapshot(paths)
     return ReplayResult(q.table, q.path, str(target.relative_to(paths.root)), q.kind, dry_run)
 
@@ -298,7 +306,7 @@ def _stage_rejected_rows(paths: LakePaths, table: str, run_id: str, source: Path
 
 
 def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry_run: bool,
-                   lock_timeout: float) -> ReplayResult:
+                   lock_timeout: float, triggered_by: str) -> ReplayResult:
     """``replay_run`` with staging in an object store: copy back, forget, delete."""
     paths = config.paths
     name = q.path.rsplit("/", 1)[1]
@@ -307,7 +315,8 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
         run_id = new_run_id("replay")
         target = store.folder(STAGING_DIR, q.table, run_id)
         if not dry_run:
-            with WarehouseLock(paths, "lake quarantine replay", lock_timeout):
+            with WarehouseLock(paths, "lake quarantine replay", lock_timeout), \
+                    _recorded(paths, q, lock_timeout, triggered_by):
                 _stage_rejected_objects(store, q.table, run_id, name)
         return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
     manifest = store.digest_or_none(f"{source}/{MANIFEST_NAME}")
@@ -322,33 +331,44 @@ def _replay_object(config: LakeConfig, store: ObjectArea, q: QuarantinedRun, dry
                 raise UsageError(f"{q.path} is no longer in quarantine: see "
                                  "`lake quarantine list`")
             _check_target(store, q.table, run_id, manifest)
-            # 1. Copy back, the manifest last. Until the manifest lands the staged copy is
-            # uncommitted and never loaded; the run is still whole in quarantine.
-            store.copy_objects(source, target, objects)
-            # 2. Forget the ledger row. A crash before this leaves a committed run in
-            # staging that the ledger calls quarantined: the next load puts it back in
-            # quarantine (nothing lost), and a replay run first finishes this one.
-            _forget(paths, q.table, run_id, lock_timeout)
-            failpoints.hit("replay.after_forget")
-            # 3. Delete from quarantine, the manifest last: a crash leaves a copy there that
-            # a replay run again deletes (the staged copy has the same manifest).
-            store.delete_objects(source, objects)
+            with _recorded(paths, q, lock_timeout, triggered_by) as wh:
+                # 1. Copy back, the manifest last. Until the manifest lands the staged copy
+                # is uncommitted and never loaded; the run is still whole in quarantine.
+                store.copy_objects(source, target, objects)
+                # 2. Forget the ledger row. A crash before this leaves a committed run in
+                # staging that the ledger calls quarantined: the next load puts it back in
+                # quarantine (nothing lost), and a replay run first finishes this one.
+                _forget(wh, paths, q.table, run_id)
+                failpoints.hit("replay.after_forget")
+                # 3. Delete from quarantine, the manifest last: a crash leaves a copy there
+                # that a replay run again deletes (the staged copy has the same manifest).
+                store.delete_objects(source, objects)
             publish_snapshot(paths)
     return ReplayResult(q.table, q.path, store.url(target), q.kind, dry_run)
 
 
-def _forget(paths: LakePaths, table: str, run_id: str, lock_timeout: float) -> None:
-    """Drop a quarantined run's ledger row (under the lock the caller holds), so the replayed
-    run can load; the snapshot is marked behind first."""
+@contextmanager
+def _recorded(paths: LakePaths, q: QuarantinedRun, lock_timeout: float,
+              triggered_by: str) -> Iterator[Warehouse]:
+    """The warehouse, open (and migrated) for one ``quarantine_replay`` run that covers the
+    block (under the lock the caller holds); checkpointed and closed after."""
     wh = open_warehouse(paths.warehouse, lock_timeout=lock_timeout)
     try:
         migrate(wh)
-        mark_publish_pending(paths)
-        with wh.transaction("forgetting the quarantined ledger row"):
-            forget_run(wh, table, run_id)
+        with RunLogger(wh, "quarantine_replay", triggered_by,
+                       args={"table": q.table, "run": q.run_id, "kind": q.kind}):
+            yield wh
         wh.checkpoint()
     finally:
         wh.close()
+
+
+def _forget(wh: Warehouse, paths: LakePaths, table: str, run_id: str) -> None:
+    """Drop a quarantined run's ledger row (under the lock the caller holds), so the replayed
+    run can load; the snapshot is marked behind first."""
+    mark_publish_pending(paths)
+    with wh.transaction("forgetting the quarantined ledger row"):
+        forget_run(wh, table, run_id)
 
 
 def _check_target(store: ObjectArea, table: str, run_id: str, manifest: str | None) -> None:

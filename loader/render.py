@@ -205,7 +205,9 @@ def render_repartition(report: Any) -> str:
 
 # -- health -------------------------------------------------------------------------------
 _HEALTH_TITLES = {"latest_runs": "Latest run per job", "failures_7d": "Failures, last 7 days",
-                  "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks"}
+                  "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks",
+                  "last_run_per_job": "Run log by job (last run; killed runs: error_type killed)",
+                  "producer_versions": "Producer versions, last 30 days"}
 
 
 def render_health(report: dict[str, list[dict[str, Any]]]) -> str:

@@ -96,7 +96,8 @@ class RepartitionReport:
 
 def repartition_table(config: LakeConfig, table: str, *, dry_run: bool = False,
                       lock_timeout: float = 0.0, stop: StopFlag | None = None,
-                      progress: Callable[[str], None] | None = None) -> RepartitionReport:
+                      progress: Callable[[str], None] | None = None,
+                      triggered_by: str = "cli") -> RepartitionReport:
     """Rebuild ``table`` under the spec lake.toml gives it, or record a key/merge change.
 
     Args:
@@ -104,6 +105,7 @@ def repartition_table(config: LakeConfig, table: str, *, dry_run: bool = False,
         lock_timeout: seconds to wait for the warehouse lock.
         stop: checked before the build and before the swap (never during it).
         progress: called with one line per step.
+        triggered_by: who started it, for the run log (``cli``, ``cron``, ...).
 
     Raises:
         ConfigError: the table is not declared, or its new partition column is missing or of
@@ -133,7 +135,7 @@ def repartition_table(config: LakeConfig, table: str, *, dry_run: bool = False,
                 return report
             migrate(wh)
             # The run row from here on: a refused or failed repartition is in `lake health`.
-            with RunLogger(wh, "repartition", args={"table": table}) as logger:
+            with RunLogger(wh, "repartition", triggered_by, args={"table": table}) as logger:
                 logged = True
                 report.run_id = logger.run_id
                 job.plan()

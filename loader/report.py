@@ -31,6 +31,7 @@ class LoadOptions:
     progress: Callable[[RunOutcome], None] | None = None  # called once per run handled
     on_discover: Callable[[int], None] | None = None  # called with the number of runs found
     stop: StopFlag = field(default_factory=StopFlag)
+    triggered_by: str = "cli"  # recorded in the run log: `--triggered-by`, LAKE_TRIGGERED_BY
 
 
 @dataclass

@@ -47,7 +47,7 @@ from lakehouse.layout import (
     new_run_id,
     url_scheme,
 )
-from lakehouse.manifest import FileEntry, Manifest
+from lakehouse.manifest import MAX_TEXT_CHARS, FileEntry, Manifest
 
 # Snappy, Parquet's default: staged files are read once by the loader and then archived, so
 # decoding speed matters more than size. Measured with pyarrow 26: a 100-row file decodes in
@@ -71,7 +71,8 @@ class StagedRun:
     def __init__(self, root: str | Path, table: str, *, producer: str = "producer",
                  key: str | None = None, fs: Any = None,
                  extra: dict[str, Any] | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None,
+                 version: str | None = None) -> None:
         if not is_identifier(table):
             raise StagingError(
                 f"table name {table!r} is not allowed: use letters, digits and '_' "
@@ -79,6 +80,9 @@ class StagedRun:
             )
         if key is not None and (not isinstance(key, str) or not key or len(key) > 512):
             raise StagingError("idempotency key must be a non-empty string of at most 512 chars")
+        if version is not None and not _plain_text(version):
+            raise StagingError(f"version must be non-empty text of at most {MAX_TEXT_CHARS} "
+                               "characters without NUL, such as '1.4.2' or a git sha")
         if fs is None:
             scheme = url_scheme(str(root))
             if scheme is not None and scheme not in LOCAL_SCHEMES + OBJECT_STORE_SCHEMES:
@@ -96,6 +100,7 @@ class StagedRun:
         self.producer = producer
         self.key = key
         self.extra = dict(extra or {})
+        self.version = version
         self.run_id = new_run_id(producer)
         self.created_at = _now()
         self.root_path = str(root_path).rstrip("/")
@@ -178,7 +183,7 @@ class StagedRun:
             table=self.table, run_id=self.run_id, producer=self.producer,
             created_at=self.created_at, committed_at=_now(), files=tuple(self.files),
             schema=tuple((f.name, str(f.type)) for f in self.schema), key=self.key,
-            extra=self.extra,
+            extra=self.extra, producer_version=self.version,
         )
         data = manifest.to_json()
         if len(data) > MARKER_MAX_BYTES:  # the loader would reject the run: say so now
@@ -305,7 +310,8 @@ class StagedRun:
 @contextmanager
 def stage_run(root: str | Path, table: str, *, producer: str = "producer",
               key: str | None = None, fs: Any = None, extra: dict[str, Any] | None = None,
-              storage_options: dict[str, Any] | None = None) -> Iterator[StagedRun]:
+              storage_options: dict[str, Any] | None = None,
+              version: str | None = None) -> Iterator[StagedRun]:
     """Open a run; leaving the block commits it, an exception abandons it.
 
     Args:
@@ -319,12 +325,15 @@ def stage_run(root: str | Path, table: str, *, producer: str = "producer",
         extra: small JSON-ready metadata stored in the manifest.
         storage_options: options for the root URL's file system (e.g. ``endpoint_url``);
             fsspec also reads them from ``FSSPEC_<PROTOCOL>_<OPTION>`` variables.
+        version: the producer's own code version (a release, a git sha): kept in the
+            manifest, recorded in ``meta.staged_runs.producer_version``, shown by
+            ``lake health``.
 
     On an object store (no rename) each file is one PUT under its final name and the
     manifest is PUT last: the run is invisible until then, as on local disk.
     """
     run = StagedRun(root, table, producer=producer, key=key, fs=fs, extra=extra,
-                    storage_options=storage_options)
+                    storage_options=storage_options, version=version)
     try:
         yield run
     except BaseException as exc:
@@ -335,10 +344,11 @@ def stage_run(root: str | Path, table: str, *, producer: str = "producer",
 
 def stage(root: str | Path, table: str, data: Any, *, producer: str = "producer",
           key: str | None = None, fs: Any = None,
-          storage_options: dict[str, Any] | None = None) -> Manifest | None:
+          storage_options: dict[str, Any] | None = None,
+          version: str | None = None) -> Manifest | None:
     """Stage ``data`` as a one-file run and commit it; return its manifest."""
     with stage_run(root, table, producer=producer, key=key, fs=fs,
-                   storage_options=storage_options) as run:
+                   storage_options=storage_options, version=version) as run:
         run.write(data)
     return run.manifest
 
@@ -360,6 +370,17 @@ def to_arrow(data: Any) -> pa.Table:
         f"cannot stage a {type(data).__name__}: pass a pyarrow Table or RecordBatch, "
         "or a pandas or polars DataFrame"
     )
+
+
+def _plain_text(value: Any) -> bool:
+    """Text the manifest parser accepts (``lakehouse/manifest.py`` bounds every text)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT_CHARS or "\0" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _describe(schema: pa.Schema) -> str:

@@ -424,7 +424,67 @@ def _key(spec: TableSpec, row: Row) -> tuple[Any, ...]:
     return tuple(row[c] for c in spec.primary_key)
 
 
-__all__ = ["PARTITION_COLUMN", "RUN_KEY", "STATUS_LOADED", "STATUS_QUARANTINED",
-           "STATUS_SKIPPED", "ModelResult", "Outcome", "RepartitionRefused", "StagedRun",
-           "TableSpec", "TableState", "compatible", "duckdb_type", "judged_before_validation",
-           "one_file_run", "partition_value", "repartition", "repartition_rows", "simulate"]
+# -- the run log (meta.ingestion_runs; docs/OPERATIONS.md "The run log", "Killed runs") -----
+# Which `lake` command records a run, under which job name. Read-only commands (query, audit,
+# health, quarantine list) and every --dry-run record none.
+RUN_LOG_JOBS = {"load": "load", "compact": "compact", "cleanup": "cleanup", "export": "export",
+                "quarantine replay": "quarantine_replay", "repartition": "repartition"}
+ANY_ERROR = "*"  # a failed row with any error_type but "killed"
+NO_ROW = None
+
+
+@dataclass(frozen=True)
+class JobCall:
+    """One `lake` command as it ended: its exit code, or None when it was SIGKILLed."""
+
+    command: str  # "load", "compact", "quarantine replay", "audit", ...
+    exit_code: int | None
+    dry_run: bool = False
+
+
+RowState = tuple[str, str | None] | None  # (status, error_type), or NO_ROW
+
+
+def run_log_rows(call: JobCall) -> frozenset[RowState]:
+    """What the run log may hold for ``call`` once a later job took the lock: NO_ROW, or the
+    one row's (status, error_type). Never ``started``: a later job closes a dead one.
+
+    - no writing job, or a dry run: no row;
+    - exit 0: a success row;
+    - exit 3 (load): success (runs were quarantined), or failed (an ``abort`` table stopped);
+    - exit 75: no row (busy: the lock was never taken), or failed ``StopRequestedError``
+      (a signal stopped it at a safe point after its run started);
+    - exit 1 or 2: no row (it failed before its run started) or a failed row; a load that
+      refused a table whose spec changed (exit 2) loaded the others: a success row too;
+    - SIGKILL: no row (before the run started), a success row (after it closed, while
+      publishing), or failed ``killed`` (closed by the next job).
+    """
+    if call.command not in RUN_LOG_JOBS or call.dry_run:
+        return frozenset({NO_ROW})
+    if call.exit_code is None:
+        return frozenset({NO_ROW, ("success", None), ("failed", "killed")})
+    if call.exit_code == 0:
+        return frozenset({("success", None)})
+    if call.exit_code == 3:
+        return frozenset({("success", None), ("failed", ANY_ERROR)})
+    if call.exit_code == 75:
+        return frozenset({NO_ROW, ("failed", "StopRequestedError")})
+    if call.exit_code == 2 and call.command == "load":
+        return frozenset({NO_ROW, ("success", None), ("failed", ANY_ERROR)})
+    return frozenset({NO_ROW, ("failed", ANY_ERROR)})
+
+
+def row_state_allowed(state: RowState, allowed: frozenset[RowState]) -> bool:
+    """``state`` (as read) is one of ``allowed`` (ANY_ERROR matches any error but killed)."""
+    if state in allowed:
+        return True
+    return (state is not None and state[0] == "failed" and state[1] != "killed"
+            and ("failed", ANY_ERROR) in allowed)
+
+
+__all__ = ["ANY_ERROR", "NO_ROW", "PARTITION_COLUMN", "RUN_KEY", "RUN_LOG_JOBS",
+           "STATUS_LOADED", "STATUS_QUARANTINED", "STATUS_SKIPPED", "JobCall", "ModelResult",
+           "Outcome", "RepartitionRefused", "RowState", "StagedRun", "TableSpec", "TableState",
+           "compatible", "duckdb_type", "judged_before_validation", "one_file_run",
+           "partition_value", "repartition", "repartition_rows", "row_state_allowed",
+           "run_log_rows", "simulate"]

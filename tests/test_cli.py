@@ -319,7 +319,8 @@ def test_health_text_and_json(known: Lake) -> None:
     result = run(known.root, "health", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert set(doc) == {"latest_runs", "failures_7d", "freshness", "failing_checks"}
+    assert set(doc) == {"latest_runs", "failures_7d", "freshness", "failing_checks",
+                        "last_run_per_job", "producer_versions"}
     assert [(r["job_name"], r["status"]) for r in doc["latest_runs"]] == [("load", "success")]
     assert doc["failures_7d"] == []
     assert [(r["asset_key"], r["scope_key"], r["watermark_ts"]) for r in doc["freshness"]] == [

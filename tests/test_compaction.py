@@ -93,10 +93,29 @@ def queries(path: Path) -> dict[str, list[tuple[Any, ...]]]:
                        "FROM duckdb_constraints() WHERE database_name = current_database() "
                        "ORDER BY ALL",
         **{t: f"SELECT * FROM meta.{t} ORDER BY ALL" for t in META_TABLES},
+        # A compaction records its own run (started in the original before the copy): the
+        # rest of the run log must not change.
+        "ingestion_runs": "SELECT * FROM meta.ingestion_runs WHERE job_name != 'compact' "
+                          "ORDER BY ALL",
     }
     con = duckdb.connect(str(path), read_only=True)
     try:
         return {name: con.execute(q).fetchall() for name, q in sql.items()}
+    finally:
+        con.close()
+
+
+def inode(path: Path) -> int:
+    """The file's inode: the same one means it was not swapped (only written to)."""
+    return path.stat().st_ino
+
+
+def compact_runs(path: Path) -> list[tuple[Any, ...]]:
+    """(status, error_type) of every compaction run recorded, oldest first."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute("SELECT status, error_type FROM meta.ingestion_runs WHERE job_name "
+                           "= 'compact' ORDER BY started_at").fetchall()
     finally:
         con.close()
 
@@ -145,7 +164,7 @@ def test_compaction_shrinks_churned_warehouse_and_keeps_every_row(churn: Lake) -
     assert report.swapped
 
     assert isinstance(report, CompactionReport) and not report.dry_run
-    assert report.size_before == original[0]
+    assert report.size_before == original[0]  # measured before its own run row
     assert report.size_after == warehouse(churn).stat().st_size
     assert report.size_after < report.size_before * 0.8, report.as_dict()
     print(f"\nchurn fixture: {report.size_before} -> {report.size_after} bytes "
@@ -158,10 +177,12 @@ def test_compaction_shrinks_churned_warehouse_and_keeps_every_row(churn: Lake) -
     assert physical == sorted(physical)
     # The read snapshot is republished from the compacted file.
     assert report.published and queries(churn.root / "warehouse" / "lake.read.duckdb") == before
-    # The backup is the old file, byte for byte; restoring it means copying it back.
+    # The backup is the old file (with the compaction's started row); restoring it means
+    # copying it back.
     assert report.backup is not None
     backup = churn.root / report.backup
-    assert fingerprint(backup)[2] == original[2]
+    assert queries(backup) == before and compact_runs(backup) == [("started", None)]
+    assert compact_runs(warehouse(churn)) == [("success", None)]
     assert leftovers(churn) == [] and lines[-1].startswith("swapped")
     assert report.as_dict()["tables"]["events"]["checksum"]
 
@@ -211,7 +232,7 @@ def test_busy_warehouse_raises_lock_held_naming_the_holder(lake: Lake, holder: s
 @pytest.mark.parametrize("point", failpoints.named("compact"))
 def test_sigkill_at_each_point_leaves_a_working_warehouse(churn: Lake, point: str) -> None:
     before = queries(warehouse(churn))
-    original = fingerprint(warehouse(churn))
+    original, original_inode = fingerprint(warehouse(churn)), inode(warehouse(churn))
 
     proc = subprocess.run([sys.executable, str(PROCS), "compact", str(churn.root), point],
                           capture_output=True, text=True, timeout=120)
@@ -220,7 +241,9 @@ def test_sigkill_at_each_point_leaves_a_working_warehouse(churn: Lake, point: st
     # lake.duckdb is the old file until the swap and the new one after, never anything else.
     order = failpoints.named("compact")
     swapped = order.index(point) >= order.index("compact.after_swap")
-    assert (fingerprint(warehouse(churn)) == original) is not swapped
+    assert (inode(warehouse(churn)) == original_inode) is not swapped
+    # Only a kill before the run started leaves the file byte for byte.
+    assert (fingerprint(warehouse(churn)) == original) is (point == "compact.after_lock")
     assert queries(warehouse(churn)) == before
     assert queries(churn.root / "warehouse" / "lake.read.duckdb") == before
     backed_up = order.index(point) >= order.index("compact.after_backup")
@@ -248,12 +271,15 @@ def test_sigkill_at_each_point_leaves_a_working_warehouse(churn: Lake, point: st
 # -- failures before the swap ------------------------------------------------------------
 @pytest.mark.parametrize("stop_at", [1, 5, 10])  # first table, mid-copy, just before the swap
 def test_stop_before_swap_leaves_original_untouched(churn: Lake, stop_at: int) -> None:
-    original = fingerprint(warehouse(churn))
+    before, original = queries(warehouse(churn)), inode(warehouse(churn))
+    runs = compact_runs(warehouse(churn))
     stop = StopAfter(stop_at)
     with pytest.raises(StopRequestedError):
         compact_warehouse(churn.config(), stop=stop)
     assert stop.calls == stop_at
-    assert fingerprint(warehouse(churn)) == original
+    # Untouched but for the compaction's own run, recorded as failed.
+    assert inode(warehouse(churn)) == original and queries(warehouse(churn)) == before
+    assert compact_runs(warehouse(churn)) == [*runs, ("failed", "StopRequestedError")]
     assert leftovers(churn) == [] and backups(churn) == []
 
 
@@ -281,7 +307,7 @@ def test_disk_full_during_copy_leaves_original_untouched(churn: Lake, small_disk
     (root / "warehouse" / "backups").mkdir(parents=True)
     shutil.copyfile(warehouse(churn), root / "warehouse" / "lake.duckdb")
     lk = Lake(root)
-    before, original = queries(warehouse(lk)), fingerprint(warehouse(lk))
+    before, original = queries(warehouse(lk)), inode(warehouse(lk))
     # Leave 1 MiB: the lock note fits, the rebuilt file (about 4 MiB) does not.
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (1 << 20)))
@@ -292,8 +318,9 @@ def test_disk_full_during_copy_leaves_original_untouched(churn: Lake, small_disk
     message = str(info.value)
     assert "MiB free in" in message and str(root / "warehouse") in message
     assert message.endswith("the warehouse is unchanged")
-    assert fingerprint(warehouse(lk)) == original and leftovers(lk) == []
-    assert backups(lk) == []
+    assert inode(warehouse(lk)) == original and queries(warehouse(lk)) == before
+    assert leftovers(lk) == [] and backups(lk) == []
+    assert [s for s, _ in compact_runs(warehouse(lk))][-1:] == ["failed"]
     filler.unlink()  # with space, the same compaction goes through
     report = compact_warehouse(lk.config())
     assert report.size_after is not None and report.size_after < report.size_before
@@ -320,21 +347,23 @@ def test_backups_are_pruned_oldest_first(lake: Lake) -> None:
 
 
 def test_a_rebuild_that_is_not_smaller_is_dropped_and_the_original_kept(lake: Lake) -> None:
-    """Nothing to give back: no swap and no backup, the original byte for byte; a snapshot an
-    earlier writer left unpublished is still republished, and old backups still pruned."""
+    """Nothing to give back: no swap and no backup, the original kept (with the compaction's
+    run recorded); a snapshot an earlier writer left unpublished is still republished, and
+    old backups still pruned."""
     from lakehouse.publish import mark_publish_pending, publish_pending
 
     lake.stage("events", events_batch(1, keys=500))
     lake.load()
     first = compact_warehouse(lake.config(), force=True)  # one backup to prune later
     assert first.swapped and first.backup is not None
-    original = fingerprint(warehouse(lake))
+    before, original = queries(warehouse(lake)), inode(warehouse(lake))
     mark_publish_pending(lake.config().paths)
     lines: list[str] = []
     report = compact_warehouse(lake.config(), keep_backups=0, progress=lines.append)
     assert not report.swapped and report.backup is None
     assert report.size_after is not None and report.size_after >= report.size_before
-    assert fingerprint(warehouse(lake)) == original and leftovers(lake) == []
+    assert inode(warehouse(lake)) == original and queries(warehouse(lake)) == before
+    assert compact_runs(warehouse(lake)) == [("success", None)] * 2 and leftovers(lake) == []
     assert lines[-1].startswith("kept lake.duckdb: the rebuilt file is not smaller")
     assert report.backups_pruned == [first.backup] and backups(lake) == []
     assert report.published and not publish_pending(lake.config().paths)
@@ -378,10 +407,12 @@ def test_every_table_kind_and_foreign_objects_survive(lake: Lake) -> None:
     con = duckdb.connect(str(warehouse(lake)))
     con.execute("CREATE SEQUENCE ids")
     con.close()
-    original = fingerprint(warehouse(lake))
+    before, original = lake.rows(sql), inode(warehouse(lake))
     with pytest.raises(CompactionError, match="sequences"):
         compact_warehouse(lake.config(), force=True)
-    assert fingerprint(warehouse(lake)) == original and leftovers(lake) == []
+    assert inode(warehouse(lake)) == original and lake.rows(sql) == before
+    assert compact_runs(warehouse(lake))[-1] == ("failed", "CompactionError")
+    assert leftovers(lake) == []
 
 
 def test_negative_keep_backups_is_a_usage_error(lake: Lake) -> None:
