@@ -161,6 +161,8 @@ def render_load(report: Any) -> str:
                          f"{r.rows_rejected:,} invalid rows quarantined")
         elif r.status == "skipped":
             lines.append(f"  skipped {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
+    for c in report.failed_checks:
+        lines.append(f"  check failed ({c.severity}) {c.table}.{c.check}: {c.message}")
     if report.tables:
         lines.append("tables:")
         for name, t in sorted(report.tables.items()):
