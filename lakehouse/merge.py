@@ -267,12 +267,12 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
             f"(SELECT DISTINCT {partition_sql} FROM {BATCH_NAME})", [],
             f"replacing partitions of {contract.name}")
         stats.rows_deleted = sum(deleted.values())
-    else:
-        deleted = {}
         if several_runs:
             # Within a batch, a partition is replaced by the last run that touches it.
             qualify = (f" QUALIFY {SEQ_COLUMN} = max({SEQ_COLUMN}) "
                        f"OVER (PARTITION BY {PARTITION_COLUMN})")
+    else:
+        deleted = {}
     # The statistics read only the batch, so they can come first: they tell whether the rows
     # already are in partition order, and which partitions the batch holds.
     summary = _partition_stats(wh, contract, f"{source}{qualify}",
