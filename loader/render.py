@@ -172,14 +172,16 @@ def render_load(report: Any) -> str:
 
 # -- health -------------------------------------------------------------------------------
 _HEALTH_TITLES = {"latest_runs": "Latest run per job", "failures_7d": "Failures, last 7 days",
-                  "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks"}
+                  "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks",
+                  "table_checks": "Table checks (latest result)",
+                  "check_failures_7d": "Failed checks, last 7 days"}
 
 
 def render_health(report: dict[str, list[dict[str, Any]]]) -> str:
     """`lake health`: one titled table per health query."""
     lines = []
     for key, rows in report.items():
-        lines.append(f"{_HEALTH_TITLES[key]}:")
+        lines.append(f"{_HEALTH_TITLES.get(key, key)}:")
         lines += draw_table(list(rows[0].keys()) if rows else [],
                             [list(r.values()) for r in rows], indent="  ", empty="(none)")
     return "\n".join(lines)
@@ -223,6 +225,8 @@ def render_audit(report: AuditReport) -> str:
         "quarantine:", *_section(["table", "runs", "oldest run", "reasons"],
                                 [[n, q["runs"], q["oldest_run_id"], json.dumps(q["reasons"])]
                                  for n, q in p["quarantine"]["tables"].items()]),
+        "meta:", *_section(["table", "rows", "newest"],
+                           [[n, m["rows"], m["newest"]] for n, m in p.get("meta", {}).items()]),
         "problems:", *_section(["severity", "code", "message", "fix"],
                               [[x["severity"], x["code"], x["message"], x["fix"]]
                                for x in p["problems"]])])
