@@ -40,7 +40,7 @@ from loader.render import mebibytes
 
 AUDIT_VERSION = 1
 AUDIT_KEYS = ("audit_version", "generated_at", "root", "staging_root", "warehouse", "tables",
-              "staging", "quarantine", "ledger", "runs", "problems", "summary")
+              "staging", "quarantine", "ledger", "runs", "meta", "problems", "summary")
 SEVERITIES = ("error", "warn", "info")
 PROBLEM_KEYS = ("severity", "code", "message", "fix")
 # Every code the audit emits, with its severity; docs/AUDIT.md lists the same (a test checks).
