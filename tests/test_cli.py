@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import REPO, Lake, lake_cli, make_root
 
-from lakehouse.migrations import LATEST_VERSION
+from lakehouse.migrations import LATEST_VERSION, MIGRATIONS
 from loader.cli import cli
 
 D = dt.datetime
@@ -62,7 +62,8 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     assert first.stdout == (
         f"lake root {root}\n"
         "  created: staging, quarantine, archive, warehouse, warehouse/backups\n"
-        "  warehouse schema version 3 (applied [1, 2, 3])\n"
+        f"  warehouse schema version {LATEST_VERSION} "
+        f"(applied {[m.version for m in MIGRATIONS]})\n"
         "  tables declared: events, logs, plain, readings, snap, strict\n")
     for folder in ("staging", "quarantine", "archive", "warehouse/backups"):
         assert (root / folder).is_dir()
@@ -73,7 +74,7 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     assert second.stdout == (
         f"lake root {root}\n"
         "  created: nothing (exists)\n"
-        "  warehouse schema version 3\n"
+        f"  warehouse schema version {LATEST_VERSION}\n"
         "  tables declared: events, logs, plain, readings, snap, strict\n")
     again = run(root, "init", "--json")
     assert again.exit_code == 0
@@ -88,7 +89,7 @@ def test_init_in_an_empty_folder_writes_a_starter_config(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert "lake.toml" in report["created"]
-    assert report["tables"] == [] and report["schema_version"] == 3
+    assert report["tables"] == [] and report["schema_version"] == LATEST_VERSION
     assert (root / "lake.toml").is_file()
     assert json.loads(run(root, "init", "--json").stdout)["created"] == []
 
@@ -317,13 +318,15 @@ def test_health_text_and_json(known: Lake) -> None:
     result = run(known.root, "health", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert set(doc) == {"latest_runs", "failures_7d", "freshness", "failing_checks"}
+    assert set(doc) == {"latest_runs", "failures_7d", "freshness", "failing_checks",
+                        "table_checks", "check_failures_7d"}
     assert [(r["job_name"], r["status"]) for r in doc["latest_runs"]] == [("load", "success")]
     assert doc["failures_7d"] == []
     assert [(r["asset_key"], r["scope_key"], r["watermark_ts"]) for r in doc["freshness"]] == [
         ("events", "ALL", "2026-02-01T00:00:00")]
     assert [(r["asset_key"], r["check_name"], r["severity"])
-            for r in doc["failing_checks"]] == [("events", "contract_violation", "error")]
+            for r in doc["failing_checks"]] == [
+        ("events", "isin(['view', 'click', 'purchase'])", "error")]  # pandera's check name
     text = run(known.root, "health")
     assert text.exit_code == 0
     out = text.stdout
@@ -334,7 +337,7 @@ def test_health_text_and_json(known: Lake) -> None:
     latest = out.split("Latest run per job:\n")[1].split("Failures")[0].splitlines()
     assert latest[0].split() == ["job_name", "status", "started_at", "ended_at", "duration_ms"]
     assert latest[2].split()[:2] == ["load", "success"]
-    assert "contract_violation" in out.split("Recent failing checks:\n")[1]
+    assert "isin(" in out.split("Recent failing checks:\n")[1]
 
 
 def _aborted_load(lake: Lake) -> None:
@@ -481,7 +484,7 @@ def test_a_reader_of_the_warehouse_file_makes_load_exit_75(
     run_id = lake.stage("logs", logs(1)).run_id
     reader = start(spawn, DUCKDB_READER, str(lake.root / "warehouse" / "lake.duckdb"),
                    "meta.schema_migrations")
-    assert first_line(reader) == str(LATEST_VERSION)  # one row per applied migration
+    assert first_line(reader) == str(len(MIGRATIONS))  # one row per applied migration
     started = time.monotonic()
     done = lake_cli(lake.root, "load", "--lock-timeout", "1")
     elapsed = time.monotonic() - started
