@@ -79,7 +79,8 @@ def test_init_creates_the_layout_then_is_idempotent(tmp_path: Path) -> None:
     again = run(root, "init", "--json")
     assert again.exit_code == 0
     assert json.loads(again.stdout) == {
-        "root": str(root), "created": [], "migrations_applied": [], "schema_version": LATEST_VERSION,
+        "root": str(root), "created": [], "migrations_applied": [],
+        "schema_version": LATEST_VERSION,
         "tables": ["events", "logs", "plain", "readings", "snap", "strict"]}
 
 
