@@ -447,6 +447,46 @@ class Checker:
         self.figures.update(rows_expected=expected_total, rows_lost=lost,
                             rows_duplicated=duplicated, rows_unexpected=unexpected)
 
+    def check_run_metrics(self, outcomes: dict[tuple[str, str], Any],
+                          rows: dict[str, Counter[tuple[Any, ...]]]) -> None:
+        """Issue 14: the run log's row counts agree with the model, per table.
+
+        ``meta.ingestion_run_assets`` commits with the rows it counts, so even across
+        SIGKILLed loads: rows_inserted - rows_deleted is the table's row count; for
+        append, rows_inserted is the rows the model loaded and nothing is updated or
+        deleted; for upsert and replace_partition, rows_inserted + rows_updated is at most
+        the rows the model loaded (it equals them when each run is its own batch: a batch
+        of several runs writes a key or a partition once, the model run by run).
+        """
+        check = self.check("run_metrics_match_model",
+                           "rows_inserted + rows_updated (and - rows_deleted) in "
+                           "meta.ingestion_run_assets match the model's rows per table")
+        sums = {str(t): (int(i), int(u), int(d)) for t, i, u, d in self.query(
+            self.root / "warehouse" / "lake.duckdb",
+            "SELECT asset_key, coalesce(sum(rows_inserted), 0), coalesce(sum(rows_updated), 0), "
+            "coalesce(sum(rows_deleted), 0) FROM meta.ingestion_run_assets GROUP BY 1")}
+        merges = {name: spec.merge for name, spec in model_specs(self.model).items()}
+        loaded: Counter[str] = Counter()
+        for (table, _), outcome in outcomes.items():
+            if outcome is not None and outcome.status == "loaded":
+                loaded[table] += outcome.rows_loaded
+        for table in TABLES:
+            inserted, updated, deleted = sums.get(table, (0, 0, 0))
+            held = sum(rows[table].values())
+            if inserted - deleted != held:
+                check.fail(f"{table}: rows_inserted {inserted} - rows_deleted {deleted} != "
+                           f"{held} rows the model holds")
+            if merges.get(table) == "append" and (inserted, updated, deleted) != (
+                    loaded[table], 0, 0):
+                check.fail(f"{table}: append logged {inserted} inserted, {updated} updated, "
+                           f"{deleted} deleted; the model loaded {loaded[table]} rows")
+            elif inserted + updated > loaded[table]:
+                check.fail(f"{table}: rows_inserted + rows_updated = {inserted + updated} > "
+                           f"{loaded[table]} rows the model loaded")
+        self.figures["run_metrics"] = {t: dict(zip(("inserted", "updated", "deleted"),
+                                                   sums.get(t, (0, 0, 0)), strict=True))
+                                       for t in TABLES}
+
     @staticmethod
     def short(row: tuple[Any, ...]) -> str:
         return repr(tuple(str(v)[:40] for v in row))
@@ -588,6 +628,7 @@ class Checker:
         self.check_reused()
         self.check_unknown()
         self.check_tables(rows, columns)
+        self.check_run_metrics(outcomes, rows)
         self.check_quarantine(listed)
         self.check_leftovers()
         self.check_producers()

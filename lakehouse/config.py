@@ -60,6 +60,24 @@ class PartitionSpec:
 MAX_PARTITION_COLUMNS = 4  # more nested folders than this is a layout no engine prunes well
 
 
+CHECK_NAMES = ("freshness", "no_duplicate_keys", "max_row_drop", "no_gaps")
+SEVERITIES = ("warn", "error")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """One table-level check from ``checks = { ... }``, run after each load of the table.
+
+    ``value``: freshness, the largest allowed age of the watermark in seconds; max_row_drop,
+    the largest allowed shrink in one load (0.2 = 20 %); no_duplicate_keys and no_gaps, True.
+    """
+
+    name: str
+    value: float | bool
+    severity: str = "error"
+
+
 @dataclass(frozen=True)
 class TableContract:
     """One table's contract, from ``[tables.<name>]``."""
@@ -74,6 +92,8 @@ class TableContract:
     on_invalid: str = "quarantine"
     schema_evolution: str = "freeze"
     validation: str = "grouped"
+    checks: tuple[TableCheck, ...] = ()
+    watermark_scope: str | None = None  # a column: one watermark per value, plus 'ALL'
 
     @property
     def partitions(self) -> tuple[PartitionSpec, ...]:
@@ -128,7 +148,7 @@ class LakeConfig:
 
 _LAKE_KEYS = {f for f in LakeSettings.__dataclass_fields__}
 _TABLE_KEYS = {"schema", "schema_file", "primary_key", "partition_by", "merge", "on_invalid",
-               "schema_evolution", "validation"}
+               "schema_evolution", "validation", "checks", "watermark_scope"}
 
 
 def load_config(root: str | Path) -> LakeConfig:
@@ -234,7 +254,13 @@ def _parse_table(name: str, body: Any, where: str) -> TableContract:
     if merge == "replace_partition" and partition is None:
         raise ConfigError("merge = \"replace_partition\" needs partition_by", table=name,
                           key="merge", path=where)
+    scope = body.get("watermark_scope")
+    if scope is not None and (not isinstance(scope, str) or not is_identifier(scope)):
+        raise ConfigError(f"must be a column name, got {scope!r}", table=name,
+                          key="watermark_scope", path=where)
     return TableContract(
+        checks=_parse_checks(name, body.get("checks"), tuple(pk), partition, where),
+        watermark_scope=scope,
         name=name, schema=schema, schema_file=schema_file, primary_key=tuple(pk),
         partition_by=partition, merge=merge or "append",
         on_invalid=text("on_invalid", "quarantine", ON_INVALID) or "quarantine",
@@ -287,6 +313,78 @@ def _partition_column(table: str, value: Any, key: str, where: str) -> Partition
         raise ConfigError(f"must be one of {list(GRANULARITIES)}, got {granularity!r}",
                           table=table, key=f"{key}.granularity", path=where)
     return PartitionSpec(column=column, granularity=granularity)
+
+
+def _parse_checks(table: str, value: Any, primary_key: tuple[str, ...],
+                  partition: tuple[PartitionSpec, ...] | None,
+                  where: str) -> tuple[TableCheck, ...]:
+    """``checks = { freshness = "2h", no_duplicate_keys = true, max_row_drop = 0.2,
+    no_gaps = true }``; any value may be ``{ value = ..., severity = "warn" }``."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError("must be a table such as { freshness = \"2h\", no_gaps = true }",
+                          table=table, key="checks", path=where)
+    checks = []
+    for name, raw in value.items():
+        key = f"checks.{name}"
+        if name not in CHECK_NAMES:
+            raise ConfigError(f"unknown check; expected one of {list(CHECK_NAMES)}",
+                              table=table, key=key, path=where)
+        severity = "error"
+        if isinstance(raw, dict):
+            if set(raw) - {"value", "severity"} or "value" not in raw:
+                raise ConfigError("must be a value or { value = ..., severity = \"warn\" }",
+                                  table=table, key=key, path=where)
+            severity = raw.get("severity", "error")
+            if severity not in SEVERITIES:
+                raise ConfigError(f"must be one of {list(SEVERITIES)}, got {severity!r}",
+                                  table=table, key=f"{key}.severity", path=where)
+            raw = raw["value"]
+        parsed = _check_value(table, name, raw, primary_key, partition, where)
+        if parsed is not False:
+            checks.append(TableCheck(name, parsed, severity))
+    return tuple(checks)
+
+
+def _check_value(table: str, name: str, raw: Any, primary_key: tuple[str, ...],
+                 partition: tuple[PartitionSpec, ...] | None, where: str) -> float | bool:
+    key = f"checks.{name}"
+    if name == "freshness":
+        seconds = parse_duration(raw)
+        if seconds is None:
+            raise ConfigError(f"must be a duration such as \"90m\", \"2h\" or \"7d\", got "
+                              f"{raw!r}", table=table, key=key, path=where)
+        return seconds
+    if name == "max_row_drop":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < 1:
+            raise ConfigError(f"must be a fraction from 0 to below 1 (0.2 = 20 %), got {raw!r}",
+                              table=table, key=key, path=where)
+        return float(raw)
+    if not isinstance(raw, bool):
+        raise ConfigError(f"must be true or false, got {raw!r}", table=table, key=key,
+                          path=where)
+    if raw and name == "no_duplicate_keys" and not primary_key:
+        raise ConfigError("needs a primary_key", table=table, key=key, path=where)
+    if raw and name == "no_gaps" and (partition is None or len(partition) != 1
+                                      or partition[0].granularity not in ("day", "month",
+                                                                          "year")):
+        raise ConfigError("needs partition_by on one column, with granularity day, month or "
+                          "year", table=table, key=key, path=where)
+    return raw
+
+
+def parse_duration(raw: Any) -> float | None:
+    """Seconds in ``"90s"``, ``"30m"``, ``"2h"`` or ``"7d"`` (None if not a duration)."""
+    if not isinstance(raw, str) or len(raw) < 2 or raw[-1] not in _DURATION_UNITS:
+        return None
+    try:
+        amount = float(raw[:-1])
+    except ValueError:
+        return None
+    if not math.isfinite(amount) or not 0 < amount <= _HIGH:
+        return None
+    return amount * _DURATION_UNITS[raw[-1]]
 
 
 _HIGH = 2**40  # far beyond any sane setting, and safe for timedelta and SQL integers

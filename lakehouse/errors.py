@@ -249,6 +249,8 @@ class ContractViolation(RunRejectedError):
                  total_failures: int | None = None, schema_level: bool = True) -> None:
         total = total_failures if total_failures is not None else len(failures)
         self.schema_level = schema_level
+        # One entry per failed check (lakehouse.validation.CheckSummary), set by the screen.
+        self.check_summaries: list[Any] = []
         super().__init__(table, run_id, summarize_failures(failures, total),
                          failures=failures, total_failures=total)
 

@@ -119,6 +119,42 @@ def _v4_run_origin(wh: Warehouse) -> None:
         wh.execute(sql, action="adding the run origin columns")
 
 
+def _v5_run_log_keys(wh: Warehouse) -> None:
+    """Keys for the run log (issue 14): one asset row per (run, table, partition), one check
+    row per ``check_id``; and the columns of a pandera check's row (column, failure count,
+    example values). Both tables are rebuilt (create ``_v5``, copy, drop, rename, as
+    migration 2 does) rather than ALTERed: ``ALTER TABLE ... ADD PRIMARY KEY`` works in
+    DuckDB 2.0.1 but not in every version, and rows that repeat a key must be merged first
+    (the kept row is the latest one)."""
+    action = "keying the run log"
+    wh.execute("""CREATE TABLE meta.ingestion_run_assets_v5 (
+        run_id VARCHAR NOT NULL, asset_key VARCHAR NOT NULL, asset_kind VARCHAR NOT NULL,
+        partition_key VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        rows_inserted BIGINT, rows_updated BIGINT, rows_deleted BIGINT,
+        bytes_written BIGINT, min_event_ts TIMESTAMP, max_event_ts TIMESTAMP,
+        extra_json VARCHAR, started_at TIMESTAMP, ended_at TIMESTAMP, duration_ms BIGINT,
+        PRIMARY KEY (run_id, asset_key, partition_key))""", action=action)
+    cols = ", ".join(name for name, _ in wh.columns("meta", "ingestion_run_assets"))
+    wh.execute(f"INSERT INTO meta.ingestion_run_assets_v5 ({cols}) SELECT {cols} "
+               "FROM meta.ingestion_run_assets QUALIFY row_number() OVER (PARTITION BY run_id, "
+               "asset_key, partition_key ORDER BY ended_at DESC NULLS LAST) = 1", action=action)
+    wh.execute("DROP TABLE meta.ingestion_run_assets", action=action)
+    wh.execute("ALTER TABLE meta.ingestion_run_assets_v5 RENAME TO ingestion_run_assets",
+               action=action)
+    wh.execute("""CREATE TABLE meta.asset_checks_v5 (
+        check_id VARCHAR PRIMARY KEY, asset_key VARCHAR NOT NULL, partition_key VARCHAR,
+        check_name VARCHAR NOT NULL, severity VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        checked_at TIMESTAMP NOT NULL, metrics_json VARCHAR, message VARCHAR,
+        run_id VARCHAR, column_name VARCHAR, failure_count BIGINT, examples_json VARCHAR)""",
+               action=action)
+    cols = ", ".join(name for name, _ in wh.columns("meta", "asset_checks"))
+    wh.execute(f"INSERT INTO meta.asset_checks_v5 ({cols}) SELECT {cols} FROM meta.asset_checks "
+               "QUALIFY row_number() OVER (PARTITION BY check_id ORDER BY checked_at DESC) = 1",
+               action=action)
+    wh.execute("DROP TABLE meta.asset_checks", action=action)
+    wh.execute("ALTER TABLE meta.asset_checks_v5 RENAME TO asset_checks", action=action)
+
+
 def _v6_table_spec(wh: Warehouse) -> None:
     """Record each table's whole spec canonically (``lakehouse/table_spec.py``), so that a
     load can tell a changed ``partition_by``, key or merge strategy from the one the table
@@ -152,6 +188,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "ledger_key_by_table", _v2_ledger_key_by_table),
     Migration(3, "exports", _v3_exports),
     Migration(4, "run_origin", _v4_run_origin),
+    Migration(5, "run_log_keys", _v5_run_log_keys),
     Migration(6, "table_spec", _v6_table_spec),
     Migration(8, "delta_exports", _v8_delta_exports),
 )

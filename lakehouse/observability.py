@@ -44,7 +44,8 @@ CHECKS_SCHEMA = pa.schema([
     ("check_id", pa.string()), ("asset_key", pa.string()), ("partition_key", pa.string()),
     ("check_name", pa.string()), ("severity", pa.string()), ("status", pa.string()),
     ("checked_at", pa.timestamp("us")), ("metrics_json", pa.string()), ("message", pa.string()),
-    ("run_id", pa.string()),
+    ("run_id", pa.string()), ("column_name", pa.string()), ("failure_count", pa.int64()),
+    ("examples_json", pa.string()),
 ])
 
 KILLED = "killed"  # error_type of a run closed because its process died while it ran
@@ -78,6 +79,10 @@ class RunLogger:
     _checks: list[dict[str, Any]] = field(default_factory=list)
     _watermarks: dict[tuple[str, str], datetime] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)  # runs this start closed as killed
+    # Passing checks, one row per (table, check) per run whatever the number of batches:
+    # its id is fixed, so each flush rewrites it with the running totals.
+    _passes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _dirty_passes: set[tuple[str, str]] = field(default_factory=set)
 
     def __enter__(self) -> RunLogger:
         return self.start()
@@ -133,15 +138,36 @@ class RunLogger:
 
     def log_check(self, asset_key: str, check_name: str, *, passed: bool, severity: str = "error",
                   message: str | None = None, metrics: dict[str, Any] | None = None,
-                  partition_key: str | None = None, status: str | None = None) -> None:
-        """Buffer one check result; every result is kept, pass or fail."""
+                  partition_key: str | None = None, status: str | None = None,
+                  column_name: str | None = None, failure_count: int | None = None,
+                  examples: list[str] | tuple[str, ...] | None = None) -> None:
+        """Buffer one check result; every failure is kept (passes: see :meth:`log_pass`)."""
         self._checks.append({
             "check_id": str(uuid.uuid4()), "asset_key": asset_key, "partition_key": partition_key,
             "check_name": check_name, "severity": severity,
             "status": status or ("pass" if passed else "fail"), "checked_at": utcnow(),
             "metrics_json": json.dumps(metrics, default=jsonable) if metrics else None,
-            "message": message, "run_id": self.run_id,
+            "message": message, "run_id": self.run_id, "column_name": column_name,
+            "failure_count": failure_count,
+            "examples_json": None if examples is None else json.dumps(list(examples)),
         })
+
+    def log_pass(self, asset_key: str, check_name: str, **counts: int) -> None:
+        """Count a passing check: one 'pass' row per (table, check) for the whole run, its
+        ``metrics_json`` the summed ``counts`` (e.g. runs=1, rows=100)."""
+        key = (asset_key, check_name)
+        row = self._passes.get(key)
+        if row is None:
+            row = self._passes[key] = {
+                "check_id": f"{self.run_id}:{asset_key}:{check_name}", "asset_key": asset_key,
+                "partition_key": None, "check_name": check_name, "severity": "error",
+                "status": "pass", "checked_at": utcnow(), "metrics": {}, "message": None,
+                "run_id": self.run_id, "column_name": None, "failure_count": 0,
+                "examples_json": None}
+        for name, value in counts.items():
+            row["metrics"][name] = row["metrics"].get(name, 0) + value
+        row["checked_at"] = utcnow()
+        self._dirty_passes.add(key)
 
     def log_watermark(self, asset_key: str, value: Any, scope_key: str = "ALL") -> None:
         """Remember the highest event time seen for an asset in this load."""
@@ -164,6 +190,14 @@ class RunLogger:
                 action="updating run assets")
             insert_rows(self.wh, "meta.ingestion_run_assets", ASSETS_SCHEMA,
                         [self._assets[k] for k in touched])
+        if self._dirty_passes:
+            passes = [{**{k: v for k, v in self._passes[key].items() if k != "metrics"},
+                       "metrics_json": json.dumps(self._passes[key]["metrics"])}
+                      for key in sorted(self._dirty_passes)]
+            self.wh.execute("DELETE FROM meta.asset_checks WHERE check_id IN "
+                            "(SELECT unnest(?::VARCHAR[]))", [[p["check_id"] for p in passes]],
+                            action="updating passing checks")
+            insert_rows(self.wh, "meta.asset_checks", CHECKS_SCHEMA, passes)
         insert_rows(self.wh, "meta.asset_checks", CHECKS_SCHEMA, self._checks)
         now = utcnow()
         for (asset, scope), ts in self._watermarks.items():
@@ -175,13 +209,19 @@ class RunLogger:
                 [asset, scope, ts, now, self.run_id], action="updating watermarks")
         self.discard()
 
-    def mark(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """A copy of the asset totals, to restore if the batch's transaction rolls back."""
-        return {k: dict(v) for k, v in self._assets.items()}
+    def assets_touched(self) -> set[str]:
+        """The tables this run wrote asset rows for (committed or buffered)."""
+        return {asset for asset, _ in self._assets}
 
-    def rollback_to(self, mark: dict[tuple[str, str], dict[str, Any]]) -> None:
+    def mark(self) -> tuple[dict[tuple[str, str], dict[str, Any]], ...]:
+        """A copy of the asset and pass totals, to restore if the batch's transaction rolls
+        back."""
+        return ({k: dict(v) for k, v in self._assets.items()},
+                {k: {**v, "metrics": dict(v["metrics"])} for k, v in self._passes.items()})
+
+    def rollback_to(self, mark: tuple[dict[tuple[str, str], dict[str, Any]], ...]) -> None:
         """Undo what a rolled-back batch logged."""
-        self._assets = mark
+        self._assets, self._passes = mark[0], mark[1]
         self.discard()
 
     def discard(self) -> None:
@@ -190,6 +230,7 @@ class RunLogger:
         Asset totals are kept across batches; only the set of rows to rewrite is reset.
         """
         self._dirty_assets.clear()
+        self._dirty_passes.clear()
         self._checks.clear()
         self._watermarks.clear()
 

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from lakehouse.config import TableContract
 from lakehouse.contracts import ResolvedSchema, describe_exception
 from lakehouse.errors import FailureRecord
+from lakehouse.partition_values import join_values
 
 # pandera failure checks that concern the frame's shape, not single rows.
 _SCHEMA_LEVEL_PREFIXES = ("dtype(", "column_in_schema", "column_in_dataframe", "coerce_dtype",
@@ -25,6 +26,31 @@ _SCHEMA_LEVEL_PREFIXES = ("dtype(", "column_in_schema", "column_in_dataframe", "
 
 # Below this many rows per chunk on average, a table is made contiguous before polars sees it.
 _SMALL_CHUNK_ROWS = 10_000
+
+
+# Example values kept per failed check (meta.asset_checks.examples_json).
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class CheckTally:
+    """Every failure of one check on one column in one run: how many, a few examples, and
+    the rows they are on (to tell whether they fall in one partition)."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    """One failed check of a run, as one ``meta.asset_checks`` row."""
+
+    check: str
+    column: str | None
+    failure_count: int
+    examples: tuple[str, ...]
+    partition_key: str | None  # set when every failure is in one partition
 
 
 @dataclass
@@ -37,6 +63,8 @@ class ValidationOutcome:
     invalid_rows: set[int] = field(default_factory=set)
     warnings: list[FailureRecord] = field(default_factory=list)  # checks that pass with notes
     duplicate_keys: int = 0
+    tallies: dict[tuple[str, str | None], CheckTally] = field(default_factory=dict)
+    summaries: list[CheckSummary] = field(default_factory=list)  # see summarize_checks
 
     @property
     def ok(self) -> bool:
@@ -44,6 +72,12 @@ class ValidationOutcome:
 
     def add(self, record: FailureRecord, *, schema_level: bool = False) -> None:
         self.total_failures += 1
+        tally = self.tallies.setdefault((record.check, record.column), CheckTally())
+        tally.count += 1
+        if len(tally.examples) < MAX_EXAMPLES and record.failure_case is not None:
+            tally.examples.append(str(record.failure_case)[:200])
+        if record.row is not None:
+            tally.rows.append(record.row)
         if len(self.failures) < 1000:
             self.failures.append(record)
         if schema_level:
@@ -254,3 +288,45 @@ def _collect_failure_cases(cases: Any, outcome: ValidationOutcome) -> None:
         outcome.add(FailureRecord(check, None if column is None else str(column),
                                   rec.get("failure_case"), None if schema_level else row),
                     schema_level=schema_level)
+
+
+def summarize_checks(outcome: ValidationOutcome, table: pa.Table,
+                     contract: TableContract) -> list[CheckSummary]:
+    """One summary per failed (check, column) of a run, with its partition when every
+    failure is on a row and those rows fall in one partition."""
+    summaries = []
+    for (check, column), tally in outcome.tallies.items():
+        partition = None
+        if tally.rows and len(tally.rows) == tally.count:
+            partition = single_partition(table, contract, tally.rows)
+        summaries.append(CheckSummary(check, column, tally.count, tuple(tally.examples),
+                                      partition))
+    return summaries
+
+
+_PARTITION_FORMATS = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
+
+
+def single_partition(table: pa.Table, contract: TableContract, rows: list[int]) -> str | None:
+    """The partition text (as the merge writes it) shared by ``rows``, or None when they
+    span several partitions or it cannot be told (a null or missing partition column)."""
+    specs = contract.partitions
+    if not specs or any(s.column not in table.column_names for s in specs):
+        return None
+    texts = []
+    for spec in specs:
+        try:
+            values = table.column(spec.column).take(pa.array(rows, pa.int64()))
+            if values.null_count:
+                return None
+            if spec.granularity in _PARTITION_FORMATS:
+                if pa.types.is_timestamp(values.type) and values.type.tz is not None:
+                    values = values.cast(pa.timestamp(values.type.unit))  # UTC wall time
+                values = pc.strftime(values, format=_PARTITION_FORMATS[spec.granularity])
+            distinct = pc.unique(values)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, IndexError):
+            return None
+        if len(distinct) != 1:
+            return None
+        texts.append(str(distinct[0].as_py()))
+    return join_values([s.column for s in specs], texts)

@@ -42,7 +42,7 @@ from loader.render import mebibytes
 
 AUDIT_VERSION = 1
 AUDIT_KEYS = ("audit_version", "generated_at", "root", "staging_root", "warehouse", "tables",
-              "staging", "quarantine", "ledger", "runs", "problems", "summary")
+              "staging", "quarantine", "ledger", "runs", "meta", "problems", "summary")
 SEVERITIES = ("error", "warn", "info")
 PROBLEM_KEYS = ("severity", "code", "message", "fix")
 # Every code the audit emits, with its severity; docs/AUDIT.md lists the same (a test checks).
@@ -153,7 +153,8 @@ class _Audit:
                          "the store's credentials and the network; lake audit again",
                          path=area.description)
         staged = [f for f in self.area.of(layout.STAGING_DIR) if f.committed]
-        inside: dict[str, Any] = {"tables": {}, "ledger": {"checked": False}, "runs": {}}
+        inside: dict[str, Any] = {"tables": {}, "ledger": {"checked": False}, "runs": {},
+                                  "meta": {}}
         if snap is None:
             self.problem("snapshot_missing", f"no published snapshot at {snap_path}: the "
                          "warehouse's contents cannot be audited", "lake init", path=snap_path)
@@ -178,7 +179,7 @@ class _Audit:
                    "warehouse": warehouse, "tables": inside["tables"],
                    "staging": self.staging([f for f in staged if f.run_id not in moving]),
                    "quarantine": self.quarantine(), "ledger": inside["ledger"],
-                   "runs": inside["runs"]}
+                   "runs": inside["runs"], "meta": inside["meta"]}
         rank = {s: i for i, s in enumerate(SEVERITIES)}
         self.problems.sort(key=lambda x: (rank[x["severity"]], x["code"], x.get("table") or "",
                                           x.get("run_id") or "", x.get("path") or ""))
@@ -203,10 +204,11 @@ class _Audit:
             self.problem("schema_outdated", f"the snapshot has schema v{version}, this Lake "
                          f"needs v{LATEST_VERSION}", "lake init", schema_version=version)
         if not facts.has_ledger(wh):
-            return {"tables": self.tables(wh, {}, {}), "ledger": {"checked": False}, "runs": {}}
+            return {"tables": self.tables(wh, {}, {}), "ledger": {"checked": False}, "runs": {},
+                    "meta": meta_tables(wh)}
         return {"tables": self.tables(wh, facts.watermarks(wh), facts.last_loads(wh)),
                 "ledger": self.ledger(wh, staged, snap_time, warehouse["lock_holder"]),
-                "runs": self.runs(wh, live, snap_time)}
+                "runs": self.runs(wh, live, snap_time), "meta": meta_tables(wh)}
 
     def tables(self, wh: Warehouse, marks: dict[str, tuple[Any, Any]],
                loads: dict[str, datetime]) -> dict[str, Any]:
@@ -414,6 +416,31 @@ class _Audit:
                          table=table, count=entry["runs"])
         return {"count": sum(e["runs"] for e in tables.values()),
                 "tables": dict(sorted(tables.items()))}
+
+
+# The column that says when a meta table's row was written, in order of preference.
+_META_TIME_COLUMNS = ("recorded_at", "checked_at", "updated_at", "ended_at", "started_at",
+                      "loaded_at", "applied_at")
+
+
+def meta_tables(wh: Warehouse) -> dict[str, dict[str, Any]]:
+    """Row count and newest row time of every ``meta`` table (issue 14): an operator sees at a
+    glance which parts of the run log are written, and how recently."""
+    cols: dict[str, list[str]] = {}
+    for table, column in wh.fetchall(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'meta' ORDER BY table_name, ordinal_position",
+            action="listing meta tables"):
+        cols.setdefault(str(table), []).append(str(column))
+    out: dict[str, dict[str, Any]] = {}
+    for table, names in sorted(cols.items()):
+        time_column = next((c for c in _META_TIME_COLUMNS if c in names), None)
+        newest = f"max({quote(time_column)})" if time_column else "NULL"
+        row = wh.fetchone(f"SELECT count(*), {newest} FROM meta.{quote(table)}",
+                          action=f"counting meta.{table}")
+        out[table] = {"rows": int(row[0]) if row else 0, "time_column": time_column,
+                      "newest": iso_utc(row[1]) if row and row[1] is not None else None}
+    return out
 
 
 def _stat(path: Path) -> os.stat_result | None:

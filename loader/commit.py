@@ -41,6 +41,7 @@ from lakehouse.merge import (
 from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending
 from lakehouse.staged import RunRef
+from lakehouse.watermarks import scope_watermarks
 from loader.batch import Batch, BatchView, drop_rows_reason
 
 # What converting a run's ledger rows to Arrow raises when a value does not fit a column.
@@ -66,6 +67,7 @@ class Committer:
         now = utcnow()
         load_id = self.logger.run_id if self.logger else None
         stats = None
+        scoped: list[tuple[str, Any]] = []
         run_rows: list[dict[str, Any]] = []
         file_rows: list[dict[str, Any]] = []
         for _, runs, files in ledger_rows(batch, load_id, now):
@@ -101,6 +103,7 @@ class Committer:
                     has_duplicates=any(a.outcome.duplicate_keys for a in batch.accepted),
                     keys_unique=batch.keys_unique, contiguous=self.view.make_contiguous)
                 stats.created = created
+                scoped = scope_watermarks(self.wh, contract, types)
                 self.view.unregister()
             # Ordering rule 3: ledger rows commit with the data rows.
             record_runs(self.wh, run_rows)
@@ -109,6 +112,9 @@ class Committer:
                 mark = self.logger.mark()
                 try:
                     log_batch(self.logger, contract, batch, stats)
+                    if contract is not None:
+                        for scope, ts in scoped:
+                            self.logger.log_watermark(contract.name, ts, scope_key=scope)
                     self.logger.flush()
                     failpoints.hit("load.before_commit")
                 except BaseException:
@@ -189,34 +195,54 @@ def ledger_rows(batch: Batch, load_id: str | None, now: datetime
 
 def log_batch(log: RunLogger, contract: TableContract | None, batch: Batch,
               stats: Any) -> None:
-    """The run log's rows for one batch: assets, watermark and every check, pass or fail."""
+    """The run log's rows for one batch: assets with exact row counts, the watermark, one
+    row per failed check, and the passing checks counted into one row per table."""
     if stats is not None and contract is not None:
         for part, p in stats.partitions.items():
-            log.log_asset(contract.name, part, "success", rows_inserted=p.rows,
+            log.log_asset(contract.name, part, "success", rows_inserted=p.rows_inserted,
+                          rows_updated=p.rows_updated, rows_deleted=p.rows_deleted,
                           min_event_ts=p.min_value, max_event_ts=p.max_value)
+        written = [p for p in stats.partitions.values() if p.rows]
         if stats.max_event is not None:
             log.log_watermark(contract.name, stats.max_event)
-        elif stats.partitions and contract.partition_by is not None:
-            top = max(stats.partitions.values(), key=lambda p: str(p.max_value))
+        elif written and contract.partition_by is not None:
+            top = max(written, key=lambda p: str(p.max_value))
             log.log_watermark(contract.name, top.max_value)
     for run in batch.accepted:
         ref = run.verified.ref
-        log.log_check(ref.table, "manifest_verified", passed=True,
-                      metrics={"run_id": ref.run_id, "files": len(run.verified.manifest.files)})
-        log.log_check(ref.table, "contract_valid", passed=run.outcome.ok,
-                      severity="error", message=None if run.outcome.ok else
-                      f"{run.outcome.total_failures} failures; rows dropped",
-                      metrics={"run_id": ref.run_id, "rows": run.data.num_rows})
+        log.log_pass(ref.table, "manifest_verified", runs=1)
+        if run.outcome.ok:
+            log.log_pass(ref.table, "contract", runs=1, rows=run.data.num_rows)
+        else:  # drop_rows: the run loaded without its invalid rows
+            log_failed_checks(log, ref.table, ref.run_id, run.outcome.summaries,
+                              "rows dropped")
         for w in run.outcome.warnings:
             log.log_check(ref.table, w.check, passed=False, severity="warn",
-                          message=str(w.failure_case), metrics={"run_id": ref.run_id})
+                          message=str(w.failure_case), metrics={"run_id": ref.run_id},
+                          column_name=w.column)
     for ref, error, _, _ in batch.rejected:
+        summaries = getattr(error, "check_summaries", None)
+        if summaries:
+            log_failed_checks(log, ref.table, ref.run_id, summaries, "run quarantined")
+            continue
         log.log_check(ref.table, error.code, passed=False, severity="error",
-                      message=error.problem[:1000],
+                      message=error.problem[:1000], failure_count=error.total_failures,
                       metrics={"run_id": ref.run_id, "failures": error.total_failures})
     for ref, _, code, message, _ in batch.skipped:
         log.log_check(ref.table, code, passed=False, severity="warn", message=message,
                       metrics={"run_id": ref.run_id})
+
+
+def log_failed_checks(log: RunLogger, table: str, run_id: str, summaries: list[Any],
+                      consequence: str) -> None:
+    """One 'fail' row per failed pandera (or Lake) check of a run."""
+    for s in summaries:
+        on = f" on {s.column}" if s.column else ""
+        log.log_check(table, s.check, passed=False, severity="error",
+                      partition_key=s.partition_key, column_name=s.column,
+                      failure_count=s.failure_count, examples=s.examples,
+                      message=f"{s.failure_count} failures of {s.check}{on}; {consequence}",
+                      metrics={"run_id": run_id})
 
 
 def unwritable(rows: list[dict[str, Any]], schema: pa.Schema) -> str | None:

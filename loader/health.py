@@ -33,6 +33,25 @@ HEALTH_QUERIES = {
         ORDER BY checked_at DESC LIMIT 200""",
 }
 
+# Issue 14: the table-level checks' current state (the latest result of each declared check
+# of each table, pass or fail), and the failed checks' details (column, count, examples).
+CHECK_QUERIES = {
+    "table_checks": """
+        SELECT asset_key, check_name, severity, status, checked_at, failure_count, message,
+               metrics_json
+        FROM meta.asset_checks
+        WHERE check_name IN ('freshness', 'no_duplicate_keys', 'max_row_drop', 'no_gaps')
+        QUALIFY row_number() OVER (PARTITION BY asset_key, check_name
+                                   ORDER BY checked_at DESC) = 1
+        ORDER BY status = 'pass', asset_key, check_name""",
+    "check_failures_7d": """
+        SELECT checked_at, asset_key, partition_key, check_name, column_name, severity,
+               failure_count, examples_json, run_id
+        FROM meta.asset_checks
+        WHERE status = 'fail' AND checked_at >= (now()::TIMESTAMP - INTERVAL '7 days')
+        ORDER BY checked_at DESC LIMIT 200""",
+}
+
 
 # The run log by job and the producers' versions (issue 14). Each needs the columns of
 # migration 4: a snapshot published before it reports none (see run_log_report).
@@ -85,8 +104,19 @@ def health_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
     for name, sql in HEALTH_QUERIES.items():
         cols, rows = wh.query(sql, action=f"running health query {name}")
         report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
+    report.update(check_report(wh))
     report.update(run_log_report(wh))
     return report
+
+
+def check_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:
+    """The checks' part of `lake health` (CHECK_QUERIES); rows as dicts."""
+    report: dict[str, list[dict[str, Any]]] = {}
+    for name, sql in CHECK_QUERIES.items():
+        cols, rows = wh.query(sql, action=f"running health query {name}")
+        report[name] = [dict(zip(cols, row, strict=True)) for row in rows]
+    return report
+
 
 
 def run_log_report(wh: Warehouse) -> dict[str, list[dict[str, Any]]]:

@@ -52,6 +52,7 @@ from loader.prefetch import verify_from
 from loader.recovery import AFRESH, REUSED, Recovery, judge
 from loader.report import LoadOptions, LoadReport, RunOutcome, StopFlag, TableSummary
 from loader.screen import Screener
+from loader.table_checks import check_touched_tables, rows_before_load
 
 
 class _Loader:
@@ -287,6 +288,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         loader = None
         try:
             migrate(wh)
+            rows_before = rows_before_load(wh, config)
             with RunLogger(wh, "load", triggered_by=options.triggered_by,
                            args={"table": options.table,
                                  "max_runs": options.max_runs}) as logger:
@@ -307,6 +309,9 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
                         # An abort stops its own table at that run; the other tables load,
                         # whatever order the tables are visited in.
                         aborted.append(exc)
+                report.checks = check_touched_tables(wh, config, logger, rows_before)
+                if report.checks:
+                    loader.changed = True  # published, so `lake health` shows them
                 if aborted:
                     first, *more = aborted
                     also = "".join(f"; table {a.table} also stopped at run {a.run_id}: "

@@ -161,6 +161,8 @@ def render_load(report: Any) -> str:
                          f"{r.rows_rejected:,} invalid rows quarantined")
         elif r.status == "skipped":
             lines.append(f"  skipped {r.table}/{r.run_id}: [{r.reason_code}] {r.message}")
+    for c in report.failed_checks:
+        lines.append(f"  check failed ({c.severity}) {c.table}.{c.check}: {c.message}")
     if report.tables:
         lines.append("tables:")
         for name, t in sorted(report.tables.items()):
@@ -207,14 +209,16 @@ def render_repartition(report: Any) -> str:
 _HEALTH_TITLES = {"latest_runs": "Latest run per job", "failures_7d": "Failures, last 7 days",
                   "freshness": "Freshness (watermarks)", "failing_checks": "Recent failing checks",
                   "last_run_per_job": "Run log by job (last run; killed runs: error_type killed)",
-                  "producer_versions": "Producer versions, last 30 days"}
+                  "producer_versions": "Producer versions, last 30 days",
+                  "table_checks": "Table checks (latest result)",
+                  "check_failures_7d": "Failed checks, last 7 days"}
 
 
 def render_health(report: dict[str, list[dict[str, Any]]]) -> str:
     """`lake health`: one titled table per health query."""
     lines = []
     for key, rows in report.items():
-        lines.append(f"{_HEALTH_TITLES[key]}:")
+        lines.append(f"{_HEALTH_TITLES.get(key, key)}:")
         lines += draw_table(list(rows[0].keys()) if rows else [],
                             [list(r.values()) for r in rows], indent="  ", empty="(none)")
     return "\n".join(lines)
@@ -258,6 +262,8 @@ def render_audit(report: AuditReport) -> str:
         "quarantine:", *_section(["table", "runs", "oldest run", "reasons"],
                                 [[n, q["runs"], q["oldest_run_id"], json.dumps(q["reasons"])]
                                  for n, q in p["quarantine"]["tables"].items()]),
+        "meta:", *_section(["table", "rows", "newest"],
+                           [[n, m["rows"], m["newest"]] for n, m in p.get("meta", {}).items()]),
         "problems:", *_section(["severity", "code", "message", "fix"],
                               [[x["severity"], x["code"], x["message"], x["fix"]]
                                for x in p["problems"]])])

@@ -70,15 +70,23 @@ class LoadReport:
     load_run_id: str | None = None
     # Tables refused because lake.toml changed their spec (table -> message): the CLI exits 2.
     refused: dict[str, str] = field(default_factory=dict)
+    checks: list[Any] = field(default_factory=list)  # table-level CheckResults
+
+    @property
+    def failed_checks(self) -> list[Any]:
+        """Table-level checks that failed, warn or error."""
+        return [c for c in self.checks if not c.passed]
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.runs if r.status == status)
 
     @property
     def rejected(self) -> bool:
-        """True when any run (or part of one) was rejected: the CLI exits 3."""
+        """True when any run (or part of one) was rejected, or a table-level check of
+        severity error failed (the data is kept): the CLI exits 3."""
         return any(r.status in ("quarantined", "would_quarantine") or r.rows_rejected
-                   for r in self.runs)
+                   for r in self.runs) or any(c.severity == "error"
+                                              for c in self.failed_checks)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +103,8 @@ class LoadReport:
             "tables": {k: asdict(v) for k, v in self.tables.items()},
             "runs": [asdict(r) for r in self.runs],
             "tables_refused": dict(self.refused),
+            "checks_failed": [{"table": c.table, "check": c.check, "severity": c.severity,
+                               "message": c.message} for c in self.failed_checks],
         }
 
 

@@ -31,7 +31,7 @@ from lakehouse.ledger import loaded_checksums, loaded_keys
 from lakehouse.manifest import FileEntry, Manifest
 from lakehouse.merge import describe_batch, find_key_conflicts
 from lakehouse.staged import VerifiedRun
-from lakehouse.validation import ValidationOutcome, check_runs, keys_unique
+from lakehouse.validation import ValidationOutcome, check_runs, keys_unique, summarize_checks
 from loader.batch import Accepted, Batch, BatchView, Candidate, drop_files, row_mask, schema_problem
 
 
@@ -226,9 +226,13 @@ class Screener:
         ref = verified.ref
         if outcome.ok:
             return Accepted(verified, data, outcome, skipped_files=candidate.skipped_files)
+        # One asset-check row per failed check, before rows are dropped (row numbers are
+        # positions in ``data``).
+        outcome.summaries = summarize_checks(outcome, data, contract)
         violation = ContractViolation(ref.table, ref.run_id, outcome.failures,
                                       total_failures=outcome.total_failures,
                                       schema_level=outcome.schema_level)
+        violation.check_summaries = outcome.summaries
         if contract.on_invalid == "abort":
             # Stop here, but first commit the runs before this one (oldest first).
             self.abort = LoadAbortedError(ref.table, ref.run_id, violation.problem)

@@ -320,13 +320,15 @@ def test_health_text_and_json(known: Lake) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert set(doc) == {"latest_runs", "failures_7d", "freshness", "failing_checks",
-                        "last_run_per_job", "producer_versions"}
+                        "last_run_per_job", "producer_versions", "table_checks",
+                        "check_failures_7d"}
     assert [(r["job_name"], r["status"]) for r in doc["latest_runs"]] == [("load", "success")]
     assert doc["failures_7d"] == []
     assert [(r["asset_key"], r["scope_key"], r["watermark_ts"]) for r in doc["freshness"]] == [
         ("events", "ALL", "2026-02-01T00:00:00")]
     assert [(r["asset_key"], r["check_name"], r["severity"])
-            for r in doc["failing_checks"]] == [("events", "contract_violation", "error")]
+            for r in doc["failing_checks"]] == [
+        ("events", "isin(['view', 'click', 'purchase'])", "error")]  # pandera's check name
     text = run(known.root, "health")
     assert text.exit_code == 0
     out = text.stdout
@@ -337,7 +339,7 @@ def test_health_text_and_json(known: Lake) -> None:
     latest = out.split("Latest run per job:\n")[1].split("Failures")[0].splitlines()
     assert latest[0].split() == ["job_name", "status", "started_at", "ended_at", "duration_ms"]
     assert latest[2].split()[:2] == ["load", "success"]
-    assert "contract_violation" in out.split("Recent failing checks:\n")[1]
+    assert "isin(" in out.split("Recent failing checks:\n")[1]
 
 
 def _aborted_load(lake: Lake) -> None:

@@ -214,8 +214,8 @@ def test_full_flag_rewrites_every_partition(lake: Lake, tmp_path: Path) -> None:
 
 def test_a_row_moved_out_of_a_partition_rewrites_it_and_an_emptied_one_is_removed(
         lake: Lake, tmp_path: Path) -> None:
-    """The load logs asset rows only for partitions it inserted into: an upsert that moves
-    a row out of a partition is invisible there; the per-partition fingerprint sees it."""
+    """An upsert that moves a row out of a partition: the run log counts it as a deletion
+    there; the export finds the partition by its fingerprint, not by the run log."""
     loaded_events(lake)
     lake.stage("events", events([5000], "2026-05"))
     lake.load()
@@ -225,9 +225,12 @@ def test_a_row_moved_out_of_a_partition_rewrites_it_and_an_emptied_one_is_remove
     moved = pa.concat_tables([events([5000], "2026-01"), events([1000], "2026-01")])
     lake.stage("events", moved)
     report = lake.load()
-    logged = meta(lake, "SELECT partition_key FROM meta.ingestion_run_assets WHERE run_id = "
-                        f"'{report.load_run_id}'")
-    assert logged == [("2026-01",)]  # the load itself says nothing about Feb or May
+    logged = meta(lake, "SELECT partition_key, rows_inserted, rows_updated, rows_deleted "
+                        "FROM meta.ingestion_run_assets WHERE run_id = "
+                        f"'{report.load_run_id}' ORDER BY 1")
+    # Since issue 14 the run log names the partitions a moved key left (as deletions); the
+    # export still finds them by fingerprint, not by the run log.
+    assert logged == [("2026-01", 2, 0, 0), ("2026-02", 0, 0, 1), ("2026-05", 0, 0, 1)]
 
     second = export(lake, to)
 

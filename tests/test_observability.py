@@ -106,26 +106,28 @@ def test_an_aborted_load_is_recorded_as_failed(lake: Lake) -> None:
 
 # -- meta.asset_checks -----------------------------------------------------------------
 def test_checks_pass_for_loaded_runs_and_fail_for_quarantined_ones(lake: Lake) -> None:
-    good = lake.stage("events", events((1, D(2026, 1, 1), "view", None)))
+    lake.stage("events", events((1, D(2026, 1, 1), "view", None)))
+    lake.stage("events", events((3, D(2026, 1, 1), "click", 1.0)))
     bad = lake.stage("events", events((2, D(2026, 1, 2), "bogus", -5.0)))
     report = lake.load()
     checks = dicts(lake, "SELECT * FROM meta.asset_checks ORDER BY check_name")
-    by_run: dict[str, list[tuple[str, str, str]]] = {}
     for c in checks:
         assert c["run_id"] == report.load_run_id and c["asset_key"] == "events"
         assert c["checked_at"] is not None
-        run_id = json.loads(c["metrics_json"])["run_id"]
-        by_run.setdefault(run_id, []).append((c["check_name"], c["status"], c["severity"]))
-    assert sorted(by_run[good.run_id]) == [("contract_valid", "pass", "error"),
-                                           ("manifest_verified", "pass", "error")]
-    assert by_run[bad.run_id] == [("contract_violation", "fail", "error")]
-    failing = [c for c in checks if c["status"] == "fail"]
-    assert "kind" in failing[0]["message"]
-    assert json.loads(failing[0]["metrics_json"])["failures"] >= 2
+    # Passing checks: one row per table per load, whatever the number of runs (issue 14).
+    passes = {c["check_name"]: json.loads(c["metrics_json"]) for c in checks
+              if c["status"] == "pass"}
+    assert passes == {"contract": {"runs": 2, "rows": 2}, "manifest_verified": {"runs": 2}}
+    # One failing row per failed pandera check, with its column, count and examples.
+    failing = sorted((c["column_name"], c["failure_count"], json.loads(c["examples_json"]),
+                      c["partition_key"], json.loads(c["metrics_json"])["run_id"])
+                     for c in checks if c["status"] == "fail")
+    assert failing == [("amount", 1, ["-5.0"], "2026-01", bad.run_id),
+                       ("kind", 1, ["bogus"], "2026-01", bad.run_id)]
 
 
 def test_checks_for_skipped_and_partly_loaded_runs(lake: Lake) -> None:
-    first = lake.stage("logs", logs((1, D(2026, 1, 1))))
+    lake.stage("logs", logs((1, D(2026, 1, 1))))
     repeat = lake.stage("logs", logs((1, D(2026, 1, 1))))
     partly = lake.stage("readings", bad_readings())
     lake.load()
@@ -133,8 +135,8 @@ def test_checks_for_skipped_and_partly_loaded_runs(lake: Lake) -> None:
                      "json_extract_string(metrics_json, '$.run_id') FROM meta.asset_checks "
                      "ORDER BY 1, 2")
     assert ("logs", "duplicate_content", "fail", "warn", repeat.run_id) in rows
-    assert ("logs", "contract_valid", "pass", "error", first.run_id) in rows
-    assert ("readings", "contract_valid", "fail", "error", partly.run_id) in rows
+    assert ("logs", "contract", "pass", "error", None) in rows
+    assert any(r[0] == "readings" and r[2] == "fail" and r[4] == partly.run_id for r in rows)
 
 
 # -- meta.asset_watermarks -------------------------------------------------------------
