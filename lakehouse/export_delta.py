@@ -295,10 +295,14 @@ def _batches(reader: Any) -> Any:
     import pyarrow as pa
 
     def batches() -> Iterator[Any]:
-        for number, batch in enumerate(reader):
-            if number == 1:
+        count = 0
+        for batch in reader:
+            if count == 1:
                 failpoints.hit("export.delta_mid_write")
+            count += 1
             yield batch
+        if count <= 1:  # one batch: every data file is being written, nothing committed
+            failpoints.hit("export.delta_mid_write")
 
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
 

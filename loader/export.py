@@ -155,6 +155,7 @@ def export_table(config: LakeConfig, table: str, options: ExportOptions) -> Expo
             # pruning (bookkeeping the next export redoes), so the snapshot shows it.
             with RunLogger(wh, "export", options.triggered_by,
                            args={"table": table, "to": target.display(), "full": options.full,
+                                 "format": "parquet",
                                  "keep_versions": options.keep_versions}):
                 current = _export(wh, paths, table, target, options, report, started)
             wh.checkpoint()
