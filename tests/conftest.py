@@ -22,8 +22,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Property tests are judged on what they find, not on time: a loaded CI machine (or eight
+# test sessions at once) must not turn a slow example into a DeadlineExceeded failure.
+settings.register_profile("lake", deadline=None)
+settings.load_profile("lake")
 
 LAKE_TOML = """
 [lake]
