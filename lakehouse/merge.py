@@ -251,9 +251,17 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
             # Latest wins: the last row of a key in the batch (runs are in load order).
             qualify = (f" QUALIFY row_number() OVER (PARTITION BY {key_list} "
                        f"ORDER BY {ROW_COLUMN} DESC) = 1")
-        join = " AND ".join(f"{table}.{quote(k)} = {BATCH_NAME}.{quote(k)}" for k in keys)
-        bounds, params = key_range(wh, keys, table)
-        row = wh.fetchone(f"DELETE FROM {table} USING {BATCH_NAME} WHERE {join} AND {bounds}",
+        # A semi join (EXISTS), not DELETE ... USING: USING is an inner join that carries
+        # every column of the batch to the delete and dedupes the row ids there, ~3x the
+        # time (1M keys against a 1.5M-row table: ~0.5 s against ~1.8 s). The count of rows
+        # deleted is the count of keys updated (the table's keys are unique). Both sides
+        # are aliased: unaliased, a table named like the subquery's alias would match its
+        # own rows, and every row would be deleted.
+        match = " AND ".join(f"_lake_source.{quote(k)} = _lake_target.{quote(k)}"
+                             for k in keys)
+        bounds, params = key_range(wh, keys, "_lake_target")
+        row = wh.fetchone(f"DELETE FROM {table} AS _lake_target WHERE EXISTS (SELECT 1 FROM "
+                          f"{BATCH_NAME} AS _lake_source WHERE {match}) AND {bounds}",
                           params, action=f"upserting into {contract.name}")
         stats.rows_updated = int(row[0]) if row else 0
     elif contract.merge == "replace_partition":
