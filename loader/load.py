@@ -57,12 +57,13 @@ from loader.table_checks import check_touched_tables, rows_before_load
 
 class _Loader:
     def __init__(self, config: LakeConfig, options: LoadOptions, wh: Warehouse,
-                 logger: RunLogger | None, report: LoadReport) -> None:
+                 logger: RunLogger | None, report: LoadReport, schemas: SchemaRegistry
+                 ) -> None:
         self.config, self.options, self.wh, self.logger, self.report = (
             config, options, wh, logger, report)
         self.paths: LakePaths = config.paths
         self.area: StagingArea = staging_area(config)
-        self.schemas = SchemaRegistry(config)
+        self.schemas = schemas
         self.changed = False
         self.view = BatchView(wh)  # the batch as DuckDB sees it: screened, then merged
         self.committer = Committer(wh, self.area, self.paths, logger, self.view)
@@ -270,7 +271,6 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
     paths = config.paths
     if options.table is not None:
         config.table(options.table)  # unknown table: a usage error before taking the lock
-    SchemaRegistry(config).load_all()  # a broken contract fails every load with exit 2
     with WarehouseLock(paths, "lake load", options.lock_timeout):
         failpoints.hit("load.after_lock")
         area = staging_area(config)
@@ -278,6 +278,12 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         refs = area.discover(options.table)
         if options.max_runs is not None:
             refs = refs[: options.max_runs]
+        # Only the contracts of tables with runs waiting are imported (a tick with nothing
+        # staged needs neither pandera nor polars), all of them before any run moves: a
+        # broken one fails the load with exit 2 and leaves every run in staging. The
+        # others' references are checked without importing them.
+        schemas = SchemaRegistry(config)
+        schemas.load_waiting(ref.table for ref in refs)
         if options.on_discover:
             options.on_discover(len(refs))
         if options.dry_run:
@@ -293,7 +299,7 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
                            args={"table": options.table,
                                  "max_runs": options.max_runs}) as logger:
                 report.load_run_id = logger.run_id
-                loader = _Loader(config, options, wh, logger, report)
+                loader = _Loader(config, options, wh, logger, report, schemas)
                 entries = ledger_entries(wh, [(r.table, r.run_id) for r in refs])
                 # Ordering rule 2: the ledger wins for the runs it recorded (same manifest):
                 # they only finish their move. Others staged under a known id are new runs.
