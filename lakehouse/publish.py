@@ -23,7 +23,7 @@ A new version is made in one of three ways (docs/SCALING.md, "Publishing"):
   above cannot be: no version to start from, a reader holds it, it was superseded too
   recently, or something changed that the sync cannot account for. A job that changes data
   in another way (compaction, migrations, ``lake init``, ...) leaves a plain pending note,
-  which asks for a copy; that copy also moves the *floor* (``snapshots/incremental.floor``,
+  which asks for a copy; that copy also moves the *floor* (``warehouse/publish.floor``,
   the oldest version a sync may start from), so no version older than such a change is ever
   synced across it.
 
@@ -63,8 +63,8 @@ SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX = "lake.read.", ".duckdb"
 # A superseded snapshot version is deleted (or synced and renamed) by the first publish, load
 # or cleanup this long after it was superseded (the current version is always kept).
 GRACE_SECONDS = 10.0
-# In snapshots/: the name of the oldest version an incremental publish may start from.
-FLOOR_NAME = "incremental.floor"
+# Beside publish.pending: the name of the oldest version an incremental publish may start from.
+FLOOR_NAME = "publish.floor"
 # The pending note's content when every write since the last publish was one the
 # incremental publish accounts for (a load's merges, meta rows); empty means: copy.
 _INCREMENTAL_NOTE = b"incremental"
@@ -161,7 +161,7 @@ def publish_pending(paths: LakePaths) -> bool:
 
 
 def publish_snapshot(paths: LakePaths, *, incremental: bool = False,
-                     grace_seconds: float = GRACE_SECONDS) -> PublishResult:
+                     grace_seconds: float | None = None) -> PublishResult:
     """Publish the (closed, checkpointed) warehouse as a new snapshot version and switch
     ``lake.read.duckdb`` to it atomically.
 
@@ -170,6 +170,7 @@ def publish_snapshot(paths: LakePaths, *, incremental: bool = False,
     in ``reason``). Call with the warehouse lock held and no open write connection.
     """
     started = time.monotonic()
+    grace_seconds = GRACE_SECONDS if grace_seconds is None else grace_seconds
     folder = paths.snapshots
     folder.mkdir(parents=True, exist_ok=True)
     remove_superseded_snapshots(paths, grace_seconds)  # the current one stays: see above
@@ -220,7 +221,7 @@ def _install(paths: LakePaths, ready: Path, name: str, method: str, started: flo
         fsync_dir(folder)  # the version's name is durable before the link points at it
         failpoints.hit("publish.after_rename")
         if move_floor:
-            atomic_write_bytes(folder / FLOOR_NAME, name.encode())
+            atomic_write_bytes(paths.warehouse_dir / FLOOR_NAME, name.encode())
         os.symlink(f"{folder.name}/{name}", link_tmp)
         os.replace(link_tmp, link)  # atomic: readers see the old version or the new one
     except BaseException:
@@ -280,8 +281,9 @@ def _versions(folder: Path) -> list[str]:
 
 
 def _read_floor(folder: Path) -> str | None:
+    """The floor, kept beside ``snapshots/`` (whose listing holds versions only)."""
     try:
-        return (folder / FLOOR_NAME).read_text().strip() or None
+        return (folder.parent / FLOOR_NAME).read_text().strip() or None
     except OSError:
         return None
 
@@ -323,11 +325,12 @@ def _current_version(link: Path) -> str | None:
         return None
 
 
-def remove_superseded_snapshots(paths: LakePaths, grace_seconds: float = GRACE_SECONDS
+def remove_superseded_snapshots(paths: LakePaths, grace_seconds: float | None = None
                                 ) -> None:
     """Delete snapshot versions superseded more than ``grace_seconds`` ago, except the one
     the next incremental publish starts from (loads and cleanup call it with the lock held,
     so a superseded version does not outlive the next cron tick)."""
+    grace_seconds = GRACE_SECONDS if grace_seconds is None else grace_seconds
     if paths.snapshots.is_dir():
         current = _current_version(paths.read_snapshot)
         folder = paths.snapshots
@@ -335,7 +338,7 @@ def remove_superseded_snapshots(paths: LakePaths, grace_seconds: float = GRACE_S
         _remove_versions(folder, keep={v for v in (current, base) if v}, grace=grace_seconds)
 
 
-def _remove_versions(folder: Path, keep: set[str], grace: float = GRACE_SECONDS) -> None:
+def _remove_versions(folder: Path, keep: set[str], grace: float) -> None:
     """Delete the snapshot versions superseded more than ``grace`` seconds ago, never those
     in ``keep`` (readers that have one open keep reading it: its inode lives), and what
     DuckDB left beside them (a WAL of a sync that was killed)."""
