@@ -380,6 +380,7 @@ def build_tick_root(root: Path, mib: int) -> None:
                 break
             stage(root, "ticks", tick_rows(done, rows, done), producer="seed")
             done += rows
+        age_snapshots(root)  # loads sync rather than copy: two versions on disk, not more
         load_pending(load_config(root), LoadOptions())
 
 
