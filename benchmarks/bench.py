@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
-ALL_CASES = "producer,loads,many_small,memory,compaction,publish,tick_cost"
+ALL_CASES = "producer,loads,many_small,memory,compaction,publish,tick,tick_cost"
 
 SIZES: dict[str, dict[str, int]] = {
     # runs x rows per case
@@ -306,9 +306,135 @@ class Bench:
             result.note = (f"{size / 2**20:.0f} MiB in {result.median:.2f} s "
                            f"({size / 2**20 / result.median:.0f} MiB/s)")
 
+    def tick(self) -> None:
+        """Case 9 (issue 17): one cron tick, a 100-row run loaded and published, on
+        warehouses of growing size; the old publish (a full copy) against the incremental
+        one, on the same warehouse in the same run."""
+        smallest = None
+        for mib in TICK_MIB[self.size]:
+            root = self.fresh(f"tick-{mib}")
+            build_tick_root(root, mib)
+            size = (root / "warehouse" / "lake.duckdb").stat().st_size
+            for _ in range(2):  # the versions the first syncs start from (copies)
+                stage_tick_run(root)
+                age_snapshots(root)
+                self.worker("lake_load", root)
+            new = Result("9 tick", f"tick, incremental publish ({mib} MiB)", TICK_ROWS,
+                         baseline=smallest, target="<= 1.5x" if smallest else "")
+            old = Result("9 tick", f"tick, full-copy publish ({mib} MiB)", TICK_ROWS)
+
+            # All incremental ticks first: a copy asked for by a pending note moves the
+            # floor, and the two ticks after it are copies again.
+            self.measure(new, "tick", partial(staged_tick, root, "incremental"))
+            disk_new = tick_disk(root)
+            self.measure(old, "tick", partial(staged_tick, root, "copy"))
+            smallest = smallest or new.label
+            new.note = (f"warehouse file {size / 2**20:,.0f} MiB; the full copy's tick takes "
+                        f"{old.median / new.median:.2f}x as long; disk {disk_new}")
+            old.note = f"disk {tick_disk(root)} (the baseline, before issue 17)"
+            shutil.rmtree(root, ignore_errors=True)  # up to 3x the warehouse on disk
+
+
+# Case 9: warehouse sizes (MiB of incompressible data) and the tick's run.
+TICK_MIB = {"small": [4, 16], "full": [100, 1024, 4096]}
+TICK_ROWS = 100
+TICK_PAYLOAD = 1024  # random bytes per row: DuckDB cannot compress them
+TICK_TOML = """
+[lake]
+retention_days = 0
+
+[tables.ticks]
+primary_key = ["id"]
+partition_by = { column = "ts", granularity = "month" }
+merge = "append"
+"""
+
+
+def tick_rows(start: int, rows: int, seed: int) -> Any:
+    """``rows`` rows of ``ticks``: an id, a time and ``TICK_PAYLOAD`` random bytes."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    payload = rng.bytes(rows * TICK_PAYLOAD)
+    offsets = np.arange(0, (rows + 1) * TICK_PAYLOAD, TICK_PAYLOAD, dtype=np.int32)
+    ts = np.datetime64("2026-01-01T00:00:00", "us") + rng.integers(
+        0, 86_400 * 90, rows).astype("timedelta64[s]")
+    return pa.table({
+        "id": pa.array(np.arange(start, start + rows, dtype=np.int64)),
+        "ts": pa.array(ts.astype("datetime64[us]")),
+        "payload": pa.Array.from_buffers(pa.binary(), rows,
+                                         [None, pa.py_buffer(offsets), pa.py_buffer(payload)]),
+    })
+
+
+def build_tick_root(root: Path, mib: int) -> None:
+    """A lake root whose warehouse holds ~``mib`` MiB of ``ticks`` (loaded by Lake, in
+    loads of at most 512 MiB, so staging never holds more)."""
+    sys.path.insert(0, str(REPO))
+    from lakehouse.config import load_config
+    from loader.init import init_lake
+    from loader.load import LoadOptions, load_pending
+    from staging import stage
+
+    root.mkdir(parents=True)
+    (root / "lake.toml").write_text(TICK_TOML)
+    init_lake(root)
+    rows_per_run = 32 * 2**20 // TICK_PAYLOAD
+    total = mib * 2**20 // TICK_PAYLOAD
+    done = 0
+    while done < total:
+        for _ in range(16):
+            rows = min(rows_per_run, total - done)
+            if rows <= 0:
+                break
+            stage(root, "ticks", tick_rows(done, rows, done), producer="seed")
+            done += rows
+        age_snapshots(root)  # loads sync rather than copy: two versions on disk, not more
+        load_pending(load_config(root), LoadOptions())
+
+
+def staged_tick(root: Path, mode: str) -> list[Any]:
+    """The worker's arguments for one tick, its run staged."""
+    stage_tick_run(root)
+    age_snapshots(root)  # as a cron interval would: the grace period has passed
+    return [root, mode]
+
+
+def stage_tick_run(root: Path) -> None:
+    """The tick's run: ``TICK_ROWS`` new rows."""
+    import duckdb
+
+    from staging import stage
+
+    con = duckdb.connect(str(root / "warehouse" / "lake.duckdb"), read_only=True)
+    try:
+        top = con.execute("SELECT max(id) FROM ticks").fetchone()[0]
+    finally:
+        con.close()
+    stage(root, "ticks", tick_rows(top + 1, TICK_ROWS, top), producer="tick")
+
+
+def age_snapshots(root: Path, seconds: float = 60.0) -> None:
+    """Date the snapshot versions back, as the minutes between two cron ticks would."""
+    then = time.time() - seconds
+    for path in (root / "warehouse" / "snapshots").glob("lake.read.*.duckdb"):
+        os.utime(path, (then, then))
+
+
+def tick_disk(root: Path) -> str:
+    """What the warehouse and its snapshot versions use on disk."""
+    folder = root / "warehouse"
+    used = sum(p.stat().st_blocks * 512 for p in folder.rglob("*.duckdb") if p.is_file()
+               and not p.is_symlink())
+    live = (folder / "lake.duckdb").stat().st_blocks * 512
+    versions = len(list((folder / "snapshots").glob("lake.read.*.duckdb")))
+    return (f"{used / 2**20:,.0f} MiB in all ({used / live:.1f}x the warehouse, "
+            f"{versions} versions)")
+
     # -- issue 17, part 3: the fixed cost of a cron tick -------------------------------------
     def tick_cost(self) -> None:
-        """Case 9: what a whole `lake load` process costs when nothing is staged, and with one
+        """Case 10: what a whole `lake load` process costs when nothing is staged, and with one
         100-row run, against ``python -c pass`` (interpreter start-up) in the same run; the
         three alternate round by round. Timed from outside: process start to exit."""
         sys.path.insert(0, str(REPO))
@@ -317,9 +443,9 @@ class Bench:
 
         empty = self.template("tick-empty", "append", [])
         one = self.template("tick-one", "append", [])
-        start_up = Result("9 tick", "python -c pass", 0)
-        idle = Result("9 tick", "lake load, nothing staged", 0, baseline=start_up.label)
-        small = Result("9 tick", "lake load, one 100-row run", 100, baseline=start_up.label)
+        start_up = Result("10 fixed cost", "python -c pass", 0)
+        idle = Result("10 fixed cost", "lake load, nothing staged", 0, baseline=start_up.label)
+        small = Result("10 fixed cost", "lake load, one 100-row run", 100, baseline=start_up.label)
         lake = lake_command()
         for i in range(max(5, 5 * self.repeat)):
             stage(one, "events", events(i * 100, 100, i), producer="tick")

@@ -60,6 +60,12 @@ POINTS: dict[str, str] = {
     "cleanup.mid_expire": "some expired archive runs deleted, not all",
     # lake quarantine replay
     "replay.after_forget": "the ledger row is forgotten; the run not moved back",
+    # publishing the read snapshot (lakehouse/publish.py), whichever job publishes
+    "publish.after_copy": "a full copy is written under a temp name; not renamed",
+    "publish.mid_sync": "a superseded version has the changes applied, not committed",
+    "publish.after_sync": "a superseded version is synced and checkpointed; not renamed",
+    "publish.after_rename": "the new version has its name; the link not switched",
+    "publish.after_switch": "the link is switched; the pending note not removed",
     # moves in an object store (staging_root), whichever job makes them
     "store.mid_copy": "some of a run's objects copied, not all",
     "store.copied": "every object of a run copied; none deleted",

@@ -40,6 +40,7 @@ from lakehouse.merge import (
 )
 from lakehouse.observability import RunLogger
 from lakehouse.publish import mark_publish_pending
+from lakehouse.snapshot_sync import record_merge
 from lakehouse.staged import RunRef
 from lakehouse.watermarks import scope_watermarks
 from loader.batch import Batch, BatchView, drop_rows_reason
@@ -82,7 +83,9 @@ class Committer:
         if batch.accepted:
             assert contract is not None
             self.view.register(batch)
-        mark_publish_pending(self.paths)  # before the commit: a crash after it republishes
+        # Before the commit: a crash after it republishes. A merge is a change the
+        # incremental publish replays (lakehouse/snapshot_sync.py).
+        mark_publish_pending(self.paths, incremental=True)
         with self.wh.transaction(f"loading runs of {contract.name if contract else 'staging'}"):
             if batch.accepted:
                 assert contract is not None
@@ -92,6 +95,7 @@ class Committer:
                 assert partition_sql is not None
                 table_columns = self.wh.columns("main", contract.name)
                 created = ensure_table(self.wh, contract, run_columns)
+                record_merge(self.wh, contract)  # the snapshot sync replays this strategy
                 if table_columns:
                     new, _, _ = schema_changes(run_columns, table_columns)
                     if new:

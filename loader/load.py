@@ -87,7 +87,7 @@ class _Loader:
             # The rows are dropped before the runs load (as `lake quarantine replay` does): a
             # crash in between leaves runs that are in staging and not in the ledger, which
             # the next load takes as new. Their new rows commit with their batches.
-            mark_publish_pending(self.paths)
+            mark_publish_pending(self.paths, incremental=True)  # meta rows only
             with self.wh.transaction("forgetting runs staged again under their ids"):
                 forget_runs(self.wh, sorted(afresh))
             self.changed = True
@@ -334,8 +334,9 @@ def load_pending(config: LakeConfig, options: LoadOptions | None = None) -> Load
         failpoints.hit("load.after_archive")
         if loader.changed or publish_pending(paths):
             failpoints.hit("load.before_publish")
-            result = publish_snapshot(paths)
+            result = publish_snapshot(paths, incremental=True)
             report.published, report.publish_seconds = True, result.seconds
+            report.publish_method, report.publish_reason = result.method, result.reason
         else:
             remove_superseded_snapshots(paths)
     report.seconds = time.monotonic() - started
@@ -349,7 +350,7 @@ def _close_and_publish_after_failure(wh: Warehouse, paths: LakePaths,
         if loader is not None:  # the RunLogger row exists: publish it and what committed
             wh.checkpoint()
             wh.close()
-            publish_snapshot(paths)
+            publish_snapshot(paths, incremental=True)
         else:
             wh.close()
     except (OSError, WarehouseError):

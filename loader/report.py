@@ -66,6 +66,8 @@ class LoadReport:
     dry_run: bool = False
     published: bool = False
     publish_seconds: float = 0.0
+    publish_method: str = ""  # reflink | incremental | copy (lakehouse/publish.py)
+    publish_reason: str = ""  # why not incremental, when it was a copy
     seconds: float = 0.0
     load_run_id: str | None = None
     # Tables refused because lake.toml changed their spec (table -> message): the CLI exits 2.
@@ -99,6 +101,7 @@ class LoadReport:
             "rows_loaded": sum(r.rows_loaded for r in self.runs),
             "rows_rejected": sum(r.rows_rejected for r in self.runs),
             "published": self.published,
+            "publish_method": self.publish_method,
             "seconds": round(self.seconds, 3),
             "tables": {k: asdict(v) for k, v in self.tables.items()},
             "runs": [asdict(r) for r in self.runs],

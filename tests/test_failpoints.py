@@ -70,7 +70,8 @@ def test_points_are_job_dot_moment_with_a_description() -> None:
         assert job.isidentifier() and moment.isidentifier(), name
         assert description
     jobs = {name.split(".", 1)[0] for name in failpoints.POINTS}
-    assert jobs == {"load", "compact", "export", "cleanup", "replay", "store", "repartition"}
+    assert jobs == {"load", "compact", "export", "cleanup", "replay", "store", "repartition",
+                    "publish"}
     assert sum(len(failpoints.named(job)) for job in jobs) == len(failpoints.POINTS)
     assert failpoints.named("load")[0] == "load.after_lock"
 
