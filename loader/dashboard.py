@@ -154,7 +154,7 @@ def streamlit_command(root: Path, *, host: str, port: int, refresh: float) -> li
             "--server.address", host, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--global.developmentMode", "false", "--server.fileWatcherType", "none",
-            "--theme.base", "light",
+            "--theme.base", "light", "--client.toolbarMode", "viewer",
             "--", "--root", str(root.resolve()), "--refresh", str(refresh)]
 
 

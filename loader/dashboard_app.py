@@ -82,7 +82,8 @@ def tile_html(tile: dq.TableTile, now: datetime) -> str:
         checks = (f"failing checks: {tile.failing_errors} error, {tile.failing_warnings} warn"
                   if tile.failing_errors or tile.failing_warnings else "no failing checks")
         check_colour = fg if tile.failing_errors or tile.failing_warnings else "inherit"
-        body = (f"<div>{tile.rows:,} rows in {tile.partitions:,} partitions</div>"
+        plural = "" if tile.partitions == 1 else "s"
+        body = (f"<div>{tile.rows:,} rows in {tile.partitions:,} partition{plural}</div>"
                 f"<div>last load {html.escape(when(tile.last_load, now))}</div>"
                 f"<div>freshness: {html.escape(fresh)}</div>"
                 f'<div class="lake-checks" style="color:{check_colour}">{checks}</div>')
