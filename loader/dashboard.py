@@ -86,6 +86,8 @@ def open_view(root: str | Path) -> Iterator[View]:
     try:
         wh = open_snapshot(paths)
     except LakehouseError as exc:
+        if Path(os.path.realpath(paths.read_snapshot)).exists():
+            raise  # not a replaced snapshot: the page shows the error
         raise NothingToShowError(
             f"The snapshot was replaced while the page read it ({exc}); it is read again "
             "on the next refresh.") from None
@@ -139,6 +141,36 @@ def quarantined_runs(config: LakeConfig, now: datetime) -> list[dict[str, Any]]:
                     "age_seconds": age, "path": q.path,
                     "replay": replay_command(config.paths.root, q.path)})
     return sorted(out, key=lambda r: r["quarantined_at"] or datetime.min, reverse=True)
+
+
+def read_every_page(root: str | Path, now: datetime | None = None) -> dict[str, int]:
+    """Run every page's reads once, as refreshes of all five pages would (``make bench``
+    times it); returns how many records each read gave."""
+    from lakehouse import dashboard_queries as dq
+
+    now = now or utcnow_naive()
+    counts: dict[str, int] = {}
+    with open_view(root) as view:
+        wh = view.wh
+        overview = dq.overview(wh, sorted(view.config.tables), now)
+        counts["tiles"] = len(overview.tiles)
+        counts["backlog"] = staging_backlog(view.config, now).runs
+        counts["quarantined"] = len(quarantined_runs(view.config, now))
+        counts["latest_runs"] = len(dq.latest_runs(wh))
+        counts["timeline_30d"] = len(dq.load_timeline(wh, dq.days_ago(now, 30)))
+        counts["failed_30d"] = len(dq.failed_runs(wh, dq.days_ago(now, 30)))
+        failing = dq.failing_checks(wh)
+        counts["failing_checks"] = len(failing)
+        known = wh.fetchall("SELECT DISTINCT asset_key, check_name FROM meta.asset_checks "
+                            "ORDER BY 1, 2", action="listing checks")
+        if known:
+            counts["check_history"] = len(dq.check_history(wh, known[0][0], known[0][1]))
+        for tile in overview.tiles:
+            if tile.exists:
+                counts[f"{tile.table}.partitions"] = len(dq.partition_rows(wh, tile.table))
+                counts[f"{tile.table}.watermarks"] = len(dq.watermarks(wh, tile.table))
+                counts[f"{tile.table}.columns"] = len(dq.table_schema(wh, tile.table))
+    return counts
 
 
 def require_streamlit() -> None:

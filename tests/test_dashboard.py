@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,24 +63,39 @@ def metric(at: AppTest, label: str) -> str:
     return next(str(m.value) for m in at.metric if m.label == label)
 
 
-@pytest.fixture
-def healthy(tmp_path: Path) -> Path:
-    return healthy_lake(tmp_path / "healthy").root
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The fixture lakes, built once for this module; tests that change one use a copy."""
+    base = tmp_path_factory.mktemp("dashboard-lakes")
+    return {"healthy": healthy_lake(base / "healthy").root,
+            "failing": failing_lake(base / "failing").root,
+            "quarantined": quarantined_lake(base / "quarantined").root,
+            "fresh": new_lake(base / "fresh").root}
+
+
+def copy_of(root: Path, tmp_path: Path) -> Path:
+    """A private copy of a built lake (the snapshot link is relative: it still resolves)."""
+    return Path(shutil.copytree(root, tmp_path / root.name, symlinks=True))
 
 
 @pytest.fixture
-def failing(tmp_path: Path) -> Path:
-    return failing_lake(tmp_path / "failing").root
+def healthy(built: dict[str, Path]) -> Path:
+    return built["healthy"]
 
 
 @pytest.fixture
-def quarantined(tmp_path: Path) -> Path:
-    return quarantined_lake(tmp_path / "quarantined").root
+def failing(built: dict[str, Path]) -> Path:
+    return built["failing"]
 
 
 @pytest.fixture
-def before_first_load(tmp_path: Path) -> Path:
-    return new_lake(tmp_path / "fresh").root
+def quarantined(built: dict[str, Path], tmp_path: Path) -> Path:
+    return copy_of(built["quarantined"], tmp_path)  # its tests stage and replay
+
+
+@pytest.fixture
+def before_first_load(built: dict[str, Path]) -> Path:
+    return built["fresh"]
 
 
 # -- Overview ------------------------------------------------------------------------------
@@ -146,11 +162,10 @@ def test_a_lake_without_tables(tmp_path: Path) -> None:
 
 # -- every page on every lake ----------------------------------------------------------------
 @pytest.mark.parametrize("page", PAGES)
-def test_every_page_renders_on_every_fixture_lake(tmp_path: Path, page: str) -> None:
+def test_every_page_renders_on_every_fixture_lake(built: dict[str, Path], page: str) -> None:
     """No page raises, and each says something, on each kind of lake."""
-    for name, make in (("healthy", healthy_lake), ("failing", failing_lake),
-                       ("quarantined", quarantined_lake), ("fresh", new_lake)):
-        at = app(make(tmp_path / name).root, page)
+    for name, root in built.items():
+        at = app(root, page)
         assert at.title[0].value == f"Lake health · {page}", name
         shown = (len(at.dataframe) + len(at.info) + len(at.success) + len(at.markdown)
                  + len(at.code))
@@ -245,9 +260,11 @@ def test_table_page_before_the_first_load(before_first_load: Path) -> None:
 
 
 # -- the snapshot, never the warehouse --------------------------------------------------
-def test_a_snapshot_replaced_while_the_page_is_open_is_read_again(healthy: Path) -> None:
+def test_a_snapshot_replaced_while_the_page_is_open_is_read_again(
+        built: dict[str, Path], tmp_path: Path) -> None:
     from conftest import Lake
 
+    healthy = copy_of(built["healthy"], tmp_path)
     at = app(healthy)
     assert "80 rows" in tiles(at)["events"]
     first = (healthy / "warehouse" / "lake.read.duckdb").resolve().name
@@ -260,7 +277,9 @@ def test_a_snapshot_replaced_while_the_page_is_open_is_read_again(healthy: Path)
     assert any("A newer snapshot was published" in i and first in i for i in texts(at.info))
 
 
-def test_a_snapshot_deleted_under_the_page_says_so(healthy: Path) -> None:
+def test_a_snapshot_deleted_under_the_page_says_so(built: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    healthy = copy_of(built["healthy"], tmp_path)
     at = app(healthy)
     link = healthy / "warehouse" / "lake.read.duckdb"
     gone = "snapshots/lake.read.20000101T000000.000000Z.duckdb"
@@ -285,6 +304,8 @@ def test_the_dashboard_reads_while_a_writer_holds_the_warehouse(healthy: Path) -
         for page in PAGES:
             at = app(healthy, page)
             assert not at.error, (page, texts(at.error))
+            assert any(c.startswith("Snapshot lake.read.") for c in texts(at.caption)), \
+                (page, texts(at.info))  # the page read the snapshot, no message instead
     finally:
         holder.kill()
         holder.wait()
