@@ -179,9 +179,11 @@ def checks_page(view: View, now: datetime) -> None:
     if choice is not None:
         history = dq.check_history(view.wh, choice[0], choice[1])
         df = frame(history)
-        df["failing"] = (df["status"] == "fail").astype(int)
-        st.line_chart(df, x="checked_at", y="failing")
-        st.dataframe(df.drop(columns=["failing"]), hide_index=True)
+        # Failures per result (a failing result without a count counts as one).
+        df["failures"] = df["failure_count"].astype("Float64").fillna(
+            (df["status"] == "fail").astype("Float64"))
+        st.scatter_chart(df, x="checked_at", y="failures", color="status")
+        st.dataframe(df.drop(columns=["failures"]), hide_index=True)
 
 
 def quarantine_page(view: View, now: datetime) -> None:
@@ -276,7 +278,7 @@ def draw(root: str, page: str, refresh: float) -> None:
     except NothingToShowError as exc:
         st.info(str(exc))
     except LakehouseError as exc:
-        st.error(f"Could not read the published snapshot: {exc}")
+        st.error(f"Could not read the lake: {exc}")
 
 
 def main(root: str, refresh: float = 0.0) -> None:

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO
@@ -78,8 +79,10 @@ def served(tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def browser(profile: Path) -> object:
-    """Headless Chromium through Debian's chromedriver; a clear failure when missing."""
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium through Debian's chromedriver; a clear failure when missing
+    (checked before the lake is built and the dashboard started)."""
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
     if missing:
         pytest.fail(f"{' and '.join(missing)} not found: install the browser with "
@@ -90,34 +93,34 @@ def browser(profile: Path) -> object:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
         options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
 
 
 @pytest.mark.slow  # ~25 s: a lake, Streamlit and Chromium start; CI runs it in make test-slow
 def test_overview_in_a_real_browser_shows_every_table_and_the_error_colour(
-        served: str, tmp_path: Path) -> None:
+        driver: Any, served: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = browser(tmp_path / "profile")
-    try:
-        driver.get(served)  # type: ignore[attr-defined]
-        WebDriverWait(driver, 60).until(
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, "div.lake-tile")) >= 2)
-        tiles = {t.get_attribute("data-table"): t
-                 for t in driver.find_elements(By.CSS_SELECTOR, "div.lake-tile")}  # type: ignore[attr-defined]
-        assert sorted(tiles) == ["events", "logs"]
-        events = tiles["events"]
-        assert events.get_attribute("data-status") == "error"
-        assert events.value_of_css_property("border-left-color") == ERROR_RGB
-        checks = events.find_element(By.CSS_SELECTOR, ".lake-checks")
-        assert "failing checks: 2 error" in checks.text
-        assert checks.value_of_css_property("color") == ERROR_RGB
-        assert tiles["logs"].get_attribute("data-status") == "warn"
-        time.sleep(1)  # let the charts and fonts settle before the picture
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        assert driver.save_screenshot(str(SCREENSHOT))  # type: ignore[attr-defined]
-    finally:
-        driver.quit()  # type: ignore[attr-defined]
+    driver.get(served)
+    WebDriverWait(driver, 60).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "div.lake-tile")) >= 2)
+    tiles = {t.get_attribute("data-table"): t
+             for t in driver.find_elements(By.CSS_SELECTOR, "div.lake-tile")}
+    assert sorted(tiles) == ["events", "logs"]
+    events = tiles["events"]
+    assert events.get_attribute("data-status") == "error"
+    assert events.value_of_css_property("border-left-color") == ERROR_RGB
+    checks = events.find_element(By.CSS_SELECTOR, ".lake-checks")
+    assert "failing checks: 2 error" in checks.text
+    assert checks.value_of_css_property("color") == ERROR_RGB
+    assert tiles["logs"].get_attribute("data-status") == "warn"
+    time.sleep(1)  # let the fonts settle before the picture
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOT))
