@@ -135,6 +135,19 @@ def test_overview_counts_quarantine_and_backlog(quarantined: Path) -> None:
     assert status_of(tiles(at)["events"]) == "error"
 
 
+def test_a_clean_load_after_a_rejection_turns_the_table_ok_again(quarantined: Path) -> None:
+    """Failing means failing in the table's last checked run: the rejected run stays on the
+    Quarantine page, not red on the Overview forever."""
+    from conftest import Lake
+
+    assert status_of(tiles(app(quarantined))["events"]) == "error"
+    Lake(quarantined).stage("events", events(300, 5, now_naive()), producer="web-4")
+    Lake(quarantined).load()
+    at = app(quarantined)
+    assert status_of(tiles(at)["events"]) == "ok"
+    assert metric(at, "Quarantined runs") == "1"
+
+
 def test_overview_before_the_first_load(before_first_load: Path) -> None:
     at = app(before_first_load)
     assert {t: status_of(h) for t, h in tiles(at).items()} == {"events": "empty",
