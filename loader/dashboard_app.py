@@ -74,7 +74,9 @@ def tile_html(tile: dq.TableTile, now: datetime) -> str:
     if not tile.exists:
         body = "<div>No data yet: nothing loaded into this table.</div>"
     else:
-        if tile.max_age_seconds is None:
+        if tile.watermark is None:
+            fresh = "no watermark (no event time loaded)"
+        elif tile.max_age_seconds is None:
             fresh = f"watermark {age(tile.age_seconds)} old; no freshness SLA"
         else:
             fresh = (f"{age(tile.age_seconds)} old, SLA {age(tile.max_age_seconds)}: "

@@ -173,6 +173,21 @@ def test_a_lake_without_tables(tmp_path: Path) -> None:
         assert any(message in m for m in texts(at.info) + texts(at.success)), page
 
 
+def test_a_table_without_partitions_or_event_time(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from dashboard_lakes import finish
+
+    lake = new_lake(tmp_path / "plain", "[tables.plain]\nmerge = \"append\"\n")
+    lake.stage("plain", pa.table({"id": [1, 2, 3]}))
+    lake.load()
+    finish(lake, lambda con: None)
+    tile = tiles(app(lake.root))["plain"]
+    assert status_of(tile) == "ok"
+    assert "3 rows in 1 partition<" in tile and "no watermark (no event time loaded)" in tile
+    at = app(lake.root, "Table")
+    assert any("No watermark yet" in i for i in texts(at.info))
+
+
 # -- every page on every lake ----------------------------------------------------------------
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders_on_every_fixture_lake(built: dict[str, Path], page: str) -> None:
