@@ -34,7 +34,6 @@ from lakehouse.publish import open_snapshot
 
 APP = Path(__file__).with_name("dashboard_app.py")
 INSTALL_HINT = "pip install 'lake[dashboard]'"
-DEFAULT_PORT, DEFAULT_HOST, DEFAULT_REFRESH = 8501, "127.0.0.1", 30.0
 
 
 class NothingToShowError(UsageError):
