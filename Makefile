@@ -12,7 +12,7 @@ SLOW_EXAMPLES ?= 40
 CHAOS_MINUTES ?= 2
 CHAOS_SEED ?= 1
 
-.PHONY: install demo test test-slow chaos bench bench-smoke lint typecheck clean spark
+.PHONY: install demo test test-slow chaos bench bench-smoke lint typecheck clean spark dashboard
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ demo: install
 	$(LAKE) --root $(ROOT) load || test $$? -eq 3   # 3: something was quarantined (on purpose)
 	$(LAKE) --root $(ROOT) query "SELECT kind, count(*) AS events, count(DISTINCT _lake_partition) AS months FROM events GROUP BY kind ORDER BY kind"
 	$(LAKE) --root $(ROOT) query "SELECT table_name, status, count(*) AS runs, sum(rows_loaded) AS rows FROM meta.staged_runs GROUP BY ALL ORDER BY ALL"
+
+## dashboard: the health dashboard of ROOT on http://127.0.0.1:8501 (docs/DASHBOARD.md).
+dashboard: install
+	$(BIN)/python -m pip install --quiet -e '.[dashboard]'
+	$(LAKE) --root $(ROOT) dashboard
 
 ## test: the test suite (slow crash/soak tests excluded; see test-slow).
 test: install

@@ -448,6 +448,27 @@ def query(obj: LakeContext, sql: str, fmt: str) -> None:
             write_table_rows(result.columns, result.batches)
 
 
+# -- dashboard ----------------------------------------------------------------------------
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True,
+              help="The port to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (0.0.0.0: every interface).")
+@click.option("--refresh", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="SECONDS", help="Reread the published snapshot every SECONDS (0: only "
+                                      "when the page is reloaded).")
+@click.pass_obj
+def dashboard(obj: LakeContext, port: int, host: str, refresh: float) -> None:
+    """Serve the health dashboard (Streamlit) on the published snapshot (read-only, no lock)."""
+    from loader.dashboard import require_streamlit, serve_dashboard
+    from loader.render import render_dashboard_start
+
+    with errors_to_exit():
+        require_streamlit()  # before the line that says it serves
+        log_line(render_dashboard_start(obj.root, host, port, refresh))
+        serve_dashboard(obj.root, host=host, port=port, refresh=refresh)
+
+
 @contextmanager
 def _quiet_broken_pipe() -> Iterator[None]:
     """`lake query ... | head` is a normal way to stop reading: exit 0 and say nothing."""

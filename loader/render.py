@@ -321,6 +321,13 @@ def render_replay(result: Any, dry_run: bool) -> str:
             "the next `lake load` retries it")
 
 
+def render_dashboard_start(root: Any, host: str, port: int, refresh: float) -> str:
+    """`lake dashboard`: where it serves, and what it reads."""
+    every = f"every {refresh:g} s" if refresh else "on each page reload"
+    return (f"lake dashboard: serving {root}'s published snapshot at http://{host}:{port} "
+            f"(reread {every}; Ctrl-C stops it)")
+
+
 # -- export -------------------------------------------------------------------------------
 def render_export(report: Any) -> str:
     """`lake export` (and `--dry-run`): partitions written, carried over, removed; where to read."""
