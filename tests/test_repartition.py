@@ -190,6 +190,36 @@ def test_repartition_rebuilds_the_table_under_the_new_spec(loaded: Lake) -> None
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
+def test_repartition_to_several_columns_and_back(loaded: Lake) -> None:
+    """month -> (msg prefix, month) nests the partitions; the load's own key expression
+    builds them, so a run loaded afterwards lands in the same pairs; then back to one."""
+    lake = loaded
+    rows_before = content(lake)
+    set_table(lake.root, "logs", LOGS_DAY.replace(
+        'partition_by = { column = "ts", granularity = "day" }',
+        'partition_by = [{ column = "kind" }, { column = "ts", granularity = "month" }]'))
+    refused = lake_cli(lake.root, "repartition", "logs")  # no column `kind` in the table
+    assert refused.returncode == 2 and "'kind' is not in table logs" in refused.stderr
+    set_table(lake.root, "logs", LOGS_DAY.replace(
+        'partition_by = { column = "ts", granularity = "day" }',
+        'partition_by = [{ column = "msg" }, { column = "ts", granularity = "year" }]'))
+    proc = lake_cli(lake.root, "repartition", "logs", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert content(lake) == rows_before
+    parts = partitions(lake)
+    assert len(parts) == 70 and all(p[1] == 1 for p in parts)  # one message per row
+    assert ("msg=m0/ts=2026", 1) in parts
+    assert recorded(lake)["partition_by"] == [{"column": "msg", "granularity": "identity"},
+                                              {"column": "ts", "granularity": "year"}]
+    lake.stage("logs", logs(0, 1, datetime(2026, 6, 1)).slice(0, 1).set_column(
+        0, "id", pa.array([500], pa.int64())))
+    assert lake.load().count("loaded") == 1
+    assert ("msg=m0/ts=2026", 2) in partitions(lake)  # the load's key is the same text
+    set_table(lake.root, "logs", LOGS_MONTH)
+    assert lake_cli(lake.root, "repartition", "logs").returncode == 0
+    assert ("2026-06", 1) in partitions(lake) and len(content(lake)) == 71
+
+
 def test_dry_run_prints_partitions_before_and_after_and_changes_nothing(loaded: Lake) -> None:
     lake = loaded
     before = content(lake), partitions(lake), recorded(lake)
