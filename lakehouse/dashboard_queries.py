@@ -10,10 +10,15 @@ all, docs/BENCHMARKS.md).
 Times in ``meta`` are naive UTC; ``now`` is passed in (naive UTC) so ages are computed the
 same way in a test and on a page.
 
-Which checks are failing (docs/DASHBOARD.md): for each table, the result rows of the last
-run that checked it. A load checks the table's data as it is after that load, so its results
-supersede earlier ones; a run rejected in an earlier load is still shown on the Quarantine
-page, not as a failing check forever.
+Which checks are failing (docs/DASHBOARD.md) depends on what a check judges:
+
+- a table-level check (``freshness``, ``no_duplicate_keys``, ``max_row_drop``, ``no_gaps``)
+  judges the whole table, and only a load that wrote rows to the table runs it: its latest
+  result stands until the next one (a load that only rejected runs does not clear it);
+- every other check (``contract``, ``manifest_verified``, pandera's own checks such as
+  ``isin([...])``, Lake's ``key_not_null``, a rejection's reason code) judges runs: for each
+  table, those of the last run that validated runs of it. A run rejected in an earlier load
+  stays on the Quarantine page, not as a failing check forever.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lakehouse import layout
+from lakehouse.config import CHECK_NAMES
 from lakehouse.db import Warehouse, quote
 
 # The table-level checks of the run log (migration 5); "freshness" carries the SLA in its
@@ -99,18 +105,42 @@ def partition_rows(wh: Warehouse, table: str) -> list[dict[str, Any]]:
 
 
 def failing_checks(wh: Warehouse) -> list[dict[str, Any]]:
-    """The failing results of each table's last checking run, errors first."""
-    return records(wh, """
-        WITH last_run AS (
+    """The checks failing now, errors first: the latest result of each table-level check of
+    each table, and the results of each table's last run-validating run (module docstring).
+    ``examples`` is the failing values as one line of text."""
+    rows = records(wh, """
+        WITH run_checks AS (
+            SELECT * FROM meta.asset_checks WHERE NOT list_contains(?, check_name)),
+        last_run AS (
             SELECT asset_key, arg_max(run_id, checked_at) AS run_id
-            FROM meta.asset_checks GROUP BY asset_key)
-        SELECT c.asset_key AS "table", c.partition_key AS "partition", c.check_name AS "check",
-               c.column_name AS "column", c.severity, c.failure_count, c.message,
-               c.examples_json, c.checked_at, c.run_id
-        FROM meta.asset_checks c JOIN last_run USING (asset_key, run_id)
-        WHERE c.status = 'fail'
-        ORDER BY c.severity = 'error' DESC, c.asset_key, c.partition_key NULLS FIRST,
-                 c.check_name, c.column_name NULLS FIRST""", action="reading failing checks")
+            FROM run_checks GROUP BY asset_key),
+        current AS (
+            SELECT c.* FROM run_checks c JOIN last_run USING (asset_key, run_id)
+            UNION ALL BY NAME
+            SELECT * FROM (
+                SELECT * FROM meta.asset_checks WHERE list_contains(?, check_name)
+                QUALIFY row_number() OVER (PARTITION BY asset_key, check_name
+                                           ORDER BY checked_at DESC) = 1))
+        SELECT asset_key AS "table", partition_key AS "partition", check_name AS "check",
+               column_name AS "column", severity, failure_count, message, examples_json,
+               checked_at, run_id
+        FROM current WHERE status = 'fail'
+        ORDER BY severity = 'error' DESC, asset_key, partition_key NULLS FIRST, check_name,
+                 column_name NULLS FIRST""", [list(CHECK_NAMES), list(CHECK_NAMES)],
+        action="reading failing checks")
+    return [{**{k: v for k, v in row.items() if k not in ("examples_json", "checked_at",
+                                                          "run_id")},
+             "examples": _examples(row["examples_json"]), "checked_at": row["checked_at"],
+             "run_id": row["run_id"]} for row in rows]
+
+
+def _examples(raw: str | None) -> str:
+    """``examples_json`` (a JSON list of values) as one line: ``7, 8, 9``."""
+    try:
+        values = json.loads(raw) if raw else []
+    except ValueError:
+        return str(raw)
+    return ", ".join(str(v) for v in values) if isinstance(values, list) else str(values)
 
 
 def check_history(wh: Warehouse, table: str, check: str, limit: int = 500
