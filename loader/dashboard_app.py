@@ -66,6 +66,13 @@ def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
+def failures_per_result(history: pd.DataFrame) -> pd.Series:
+    """Failures per check result for the history chart: ``failure_count``, but at least one
+    for a failing result (a failed ``freshness`` check records a count of 0)."""
+    counts = history["failure_count"].astype("Float64").fillna(0)
+    return counts.where(history["status"] != "fail", counts.clip(lower=1))
+
+
 # -- pages --------------------------------------------------------------------------------
 def tile_html(tile: dq.TableTile, now: datetime) -> str:
     """One table's tile, coloured by its status."""
@@ -181,9 +188,7 @@ def checks_page(view: View, now: datetime) -> None:
     if choice is not None:
         history = dq.check_history(view.wh, choice[0], choice[1])
         df = frame(history)
-        # Failures per result (a failing result without a count counts as one).
-        df["failures"] = df["failure_count"].astype("Float64").fillna(
-            (df["status"] == "fail").astype("Float64"))
+        df["failures"] = failures_per_result(df)
         st.scatter_chart(df, x="checked_at", y="failures", color="status")
         st.dataframe(df.drop(columns=["failures"]), hide_index=True)
 

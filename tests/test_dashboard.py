@@ -416,3 +416,15 @@ def test_app_module_parses_what_lake_dashboard_passes() -> None:
 
     args = parse_args(["--root", "/srv/lake", "--refresh", "15"])
     assert (args.root, args.refresh) == ("/srv/lake", 15.0)
+
+
+def test_the_history_chart_counts_a_failing_result_as_at_least_one_failure() -> None:
+    """A failed freshness check records failure_count 0: charted as 0 it would look like a
+    pass."""
+    import pandas as pd
+
+    from loader.dashboard_app import failures_per_result
+
+    history = pd.DataFrame({"status": ["fail", "pass", "fail", "fail"],
+                            "failure_count": [0, 0, None, 3]})
+    assert list(failures_per_result(history)) == [1, 0, 1, 3]
