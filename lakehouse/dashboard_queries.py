@@ -238,6 +238,20 @@ def failed_runs(wh: Warehouse, since: datetime) -> list[dict[str, Any]]:
         ORDER BY started_at DESC LIMIT 500""", [since], action="reading failed runs")
 
 
+def producer_versions(wh: Warehouse, since: datetime) -> list[dict[str, Any]]:
+    """Which producer versions staged the runs that left staging since ``since``: per table,
+    producer and version, the runs and when the newest was committed. Empty for a snapshot
+    older than the column (migration 4)."""
+    if "producer_version" not in {c.lower() for c, _ in wh.columns("meta", "staged_runs")}:
+        return []
+    return records(wh, """
+        SELECT table_name AS "table", producer, producer_version AS version,
+               count(*) AS runs, max(coalesce(committed_at, recorded_at)) AS last_seen
+        FROM meta.staged_runs WHERE recorded_at >= ?
+        GROUP BY ALL ORDER BY "table", producer, last_seen DESC, version NULLS LAST""",
+        [since], action="reading producer versions")
+
+
 def watermarks(wh: Warehouse, table: str) -> list[dict[str, Any]]:
     """A table's watermarks: ``ALL`` first, then one per scope value."""
     return records(wh, """
@@ -269,5 +283,5 @@ def days_ago(now: datetime, days: int) -> datetime:
 __all__ = ["FRESHNESS_CHECK", "STATUS_EMPTY", "STATUS_ERROR", "STATUS_OK", "STATUS_WARN",
            "Overview", "TableTile", "check_history", "data_tables", "days_ago",
            "failed_runs", "failing_checks", "freshness_slas", "latest_runs", "load_timeline",
-           "overview", "partition_rows", "records", "table_meta", "table_schema",
-           "watermarks"]
+           "overview", "partition_rows", "producer_versions", "records", "table_meta",
+           "table_schema", "watermarks"]

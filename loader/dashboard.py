@@ -158,6 +158,7 @@ def read_every_page(root: str | Path, now: datetime | None = None) -> dict[str, 
         counts["latest_runs"] = len(dq.latest_runs(wh))
         counts["timeline_30d"] = len(dq.load_timeline(wh, dq.days_ago(now, 30)))
         counts["failed_30d"] = len(dq.failed_runs(wh, dq.days_ago(now, 30)))
+        counts["producer_versions_30d"] = len(dq.producer_versions(wh, dq.days_ago(now, 30)))
         failing = dq.failing_checks(wh)
         counts["failing_checks"] = len(failing)
         known = wh.fetchall("SELECT DISTINCT asset_key, check_name FROM meta.asset_checks "

@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from lakehouse import dashboard_queries as dq
+from lakehouse.config import TableCheck
 from lakehouse.errors import LakehouseError
 from loader.dashboard import (
     NothingToShowError,
@@ -64,6 +65,22 @@ def when(value: datetime | None, now: datetime) -> str:
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Records as a data frame for Streamlit."""
     return pd.DataFrame.from_records(rows)
+
+
+def declared_checks(checks: tuple[TableCheck, ...]) -> str:
+    """A table's ``checks = { ... }`` in words: ``freshness 60 min (error), no_gaps (warn)``."""
+    if not checks:
+        return "none declared"
+    words = []
+    for check in checks:
+        if check.name == "freshness":
+            value = f" {age(float(check.value))}"
+        elif check.name == "max_row_drop":
+            value = f" {float(check.value):.0%}"
+        else:
+            value = ""
+        words.append(f"`{check.name}`{value} ({check.severity})")
+    return ", ".join(words)
 
 
 def failures_per_result(history: pd.DataFrame) -> pd.Series:
@@ -162,6 +179,12 @@ def runs_page(view: View, now: datetime) -> None:
         st.dataframe(frame(killed).drop(columns=["killed"]), hide_index=True)
     else:
         st.success(f"No killed runs in the last {days} days.")
+    st.subheader(f"Producer versions in the last {days} days")
+    versions = dq.producer_versions(view.wh, since)
+    if versions:
+        st.dataframe(frame(versions), hide_index=True)
+    else:
+        st.info(f"No staged runs left staging in the last {days} days.")
 
 
 def checks_page(view: View, now: datetime) -> None:
@@ -172,7 +195,8 @@ def checks_page(view: View, now: datetime) -> None:
     if not known:
         st.info("No check results yet: every load records its checks here.")
         return
-    st.subheader("Failing checks (each table's last checked run)")
+    st.subheader("Failing checks (table-level: latest result; others: each table's last "
+                 "validated runs)")
     if failing:
         for table in dict.fromkeys(r["table"] for r in failing):
             rows = [r for r in failing if r["table"] == table]
@@ -253,7 +277,9 @@ def table_page(view: View, now: datetime) -> None:
                 f"- primary key: `{', '.join(contract.primary_key) or 'none'}`",
                 f"- partitioned: {partition}",
                 f"- merge: `{contract.merge}`, on invalid: `{contract.on_invalid}`",
-                f"- schema evolution: `{contract.schema_evolution}`"]))
+                f"- schema evolution: `{contract.schema_evolution}`",
+                f"- checks: {declared_checks(contract.checks)}",
+                f"- watermark scope: `{contract.watermark_scope or 'ALL only'}`"]))
         st.subheader("Schema")
         schema = dq.table_schema(view.wh, table)
         if schema:

@@ -242,6 +242,11 @@ def test_runs_page_of_a_healthy_lake(healthy: Path) -> None:
     assert set(at.dataframe[0].value["job"]) == {"load", "compact", "cleanup", "export"}
     assert "No failed runs in the last 7 days." in texts(at.success)
     assert "No killed runs in the last 7 days." in texts(at.success)
+    # The versions the producers staged with (stage(..., version=...)), per table.
+    versions = at.dataframe[1].value
+    assert [tuple(r) for r in versions[["table", "producer", "version", "runs"]].itertuples(
+        index=False)] == [("events", "web-1", "0.1.0", 1), ("events", "web-2", "0.2.0", 1),
+                          ("logs", "cron", "0.1.0", 1)]
 
 
 def test_runs_page_before_the_first_load(before_first_load: Path) -> None:
@@ -311,8 +316,13 @@ def test_table_page_partitions_watermarks_schema_contract(healthy: Path) -> None
     assert {"event_id", "ts", "kind", "amount", "_lake_partition"} <= set(schema["column"])
     contract = " ".join(texts(at.markdown))
     assert "merge: `upsert`" in contract and "primary key: `event_id`" in contract
+    assert ("checks: `freshness` 24.0 h (error), `no_duplicate_keys` (error), "
+            "`max_row_drop` 20% (error)") in contract
+    assert "watermark scope: `kind`" in contract
     at.selectbox(key="table_choice").set_value("logs").run()
     assert "merge: `append`" in " ".join(texts(at.markdown))
+    assert "checks: `no_gaps` (error)" in " ".join(texts(at.markdown))
+    assert "watermark scope: `ALL only`" in " ".join(texts(at.markdown))
 
 
 def test_table_page_before_the_first_load(before_first_load: Path) -> None:
