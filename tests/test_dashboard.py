@@ -438,3 +438,13 @@ def test_the_history_chart_counts_a_failing_result_as_at_least_one_failure() -> 
     history = pd.DataFrame({"status": ["fail", "pass", "fail", "fail"],
                             "failure_count": [0, 0, None, 3]})
     assert list(failures_per_result(history)) == [1, 0, 1, 3]
+
+
+def test_read_every_page_gives_what_the_pages_show(failing: Path) -> None:
+    """`make bench` times read_every_page: it runs every page's reads on the real lake."""
+    from loader.dashboard import read_every_page
+
+    counts = read_every_page(failing)
+    assert (counts["tiles"], counts["failing_checks"], counts["failed_30d"],
+            counts["backlog"], counts["producer_versions_30d"], counts["events.watermarks"]) == (
+        2, 3, 2, 1, 3, 3)
