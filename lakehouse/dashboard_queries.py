@@ -24,12 +24,13 @@ Which checks are failing (docs/DASHBOARD.md) depends on what a check judges:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from lakehouse import layout
-from lakehouse.config import CHECK_NAMES
+from lakehouse.config import CHECK_NAMES, TableCheck
 from lakehouse.db import Warehouse, quote
 
 # The table-level checks of the run log (migration 5); "freshness" carries the SLA in its
@@ -104,10 +105,14 @@ def partition_rows(wh: Warehouse, table: str) -> list[dict[str, Any]]:
                        f"FROM {q} GROUP BY 1 ORDER BY 1", action=f"counting {table}")
 
 
-def failing_checks(wh: Warehouse) -> list[dict[str, Any]]:
+def failing_checks(wh: Warehouse, declared: Mapping[str, Sequence[TableCheck]] | None = None
+                   ) -> list[dict[str, Any]]:
     """The checks failing now, errors first: the latest result of each table-level check of
     each table, and the results of each table's last run-validating run (module docstring).
-    ``examples`` is the failing values as one line of text."""
+    ``examples`` is the failing values as one line of text.
+
+    ``declared``: lake.toml's checks per table; a table-level check no longer declared for a
+    table declared there is not failing (its last result would otherwise stay for good)."""
     rows = records(wh, """
         WITH run_checks AS (
             SELECT * FROM meta.asset_checks WHERE NOT list_contains(?, check_name)),
@@ -128,6 +133,9 @@ def failing_checks(wh: Warehouse) -> list[dict[str, Any]]:
         ORDER BY severity = 'error' DESC, asset_key, partition_key NULLS FIRST, check_name,
                  column_name NULLS FIRST""", [list(CHECK_NAMES), list(CHECK_NAMES)],
         action="reading failing checks")
+    if declared is not None:
+        rows = [r for r in rows if r["check"] not in CHECK_NAMES or r["table"] not in declared
+                or r["check"] in {c.name for c in declared[r["table"]]}]
     return [{**{k: v for k, v in row.items() if k not in ("examples_json", "checked_at",
                                                           "run_id")},
              "examples": _examples(row["examples_json"]), "checked_at": row["checked_at"],
@@ -155,8 +163,8 @@ def check_history(wh: Warehouse, table: str, check: str, limit: int = 500
 
 
 def freshness_slas(wh: Warehouse) -> dict[str, tuple[float | None, str]]:
-    """Each table's freshness SLA (``max_age_seconds`` of its latest freshness result) and
-    that check's severity."""
+    """Each table's freshness SLA as recorded (``max_age_seconds`` of its latest freshness
+    result) and that check's severity: for a table lake.toml no longer declares."""
     rows = wh.fetchall("""
         SELECT asset_key, arg_max(metrics_json, checked_at), arg_max(severity, checked_at)
         FROM meta.asset_checks WHERE check_name = ? AND partition_key IS NULL
@@ -171,8 +179,11 @@ def freshness_slas(wh: Warehouse) -> dict[str, tuple[float | None, str]]:
     return out
 
 
-def overview(wh: Warehouse, declared: list[str], now: datetime) -> Overview:
-    """A tile per table (declared in lake.toml, or present in the snapshot)."""
+def overview(wh: Warehouse, declared: Mapping[str, Sequence[TableCheck]],
+             now: datetime) -> Overview:
+    """A tile per table (declared in lake.toml, or present in the snapshot). ``declared``:
+    the tables of lake.toml and their checks; a declared table's freshness SLA is the one
+    lake.toml declares now (none: no SLA), another's the one last recorded."""
     present = set(data_tables(wh))
     marks = {r[0]: r[1] for r in wh.fetchall(
         "SELECT asset_key, watermark_ts FROM meta.asset_watermarks WHERE scope_key = 'ALL'",
@@ -181,7 +192,7 @@ def overview(wh: Warehouse, declared: list[str], now: datetime) -> Overview:
         "SELECT table_name, max(recorded_at) FROM meta.staged_runs WHERE status = 'loaded' "
         "GROUP BY 1", action="reading the ledger"))
     failing: dict[str, list[int]] = {}
-    for check in failing_checks(wh):
+    for check in failing_checks(wh, declared):
         counts = failing.setdefault(check["table"], [0, 0])
         counts[0 if check["severity"] == "error" else 1] += 1
     slas = freshness_slas(wh)
@@ -192,7 +203,12 @@ def overview(wh: Warehouse, declared: list[str], now: datetime) -> Overview:
         parts = partition_rows(wh, table) if table in present else []
         mark = marks.get(table)
         age = (now - mark).total_seconds() if mark is not None else None
-        sla, severity = slas.get(table, (None, "error"))
+        if table in declared:
+            fresh = [c for c in declared[table] if c.name == FRESHNESS_CHECK]
+            sla, severity = ((float(fresh[0].value), fresh[0].severity) if fresh
+                             else (None, "error"))
+        else:
+            sla, severity = slas.get(table, (None, "error"))
         errors, warnings = failing.get(table, [0, 0])
         tiles.append(TableTile(
             table=table, exists=table in present, rows=sum(p["rows"] for p in parts),

@@ -67,6 +67,11 @@ def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
+def declared_of(view: View) -> dict[str, tuple[TableCheck, ...]]:
+    """lake.toml's tables and their declared checks."""
+    return {name: contract.checks for name, contract in view.config.tables.items()}
+
+
 def declared_checks(checks: tuple[TableCheck, ...]) -> str:
     """A table's ``checks = { ... }`` in words: ``freshness 60 min (error), no_gaps (warn)``."""
     if not checks:
@@ -123,7 +128,7 @@ def tile_html(tile: dq.TableTile, now: datetime) -> str:
 
 def overview_page(view: View, now: datetime) -> None:
     """One tile per table; the staging backlog and the quarantine count."""
-    data = dq.overview(view.wh, sorted(view.config.tables), now)
+    data = dq.overview(view.wh, declared_of(view), now)
     backlog = staging_backlog(view.config, now)
     quarantined = quarantined_runs(view.config, now)
     a, b, c, d = st.columns(4)
@@ -189,7 +194,7 @@ def runs_page(view: View, now: datetime) -> None:
 
 def checks_page(view: View, now: datetime) -> None:
     """Failing checks by table and partition, and one check's history."""
-    failing = dq.failing_checks(view.wh)
+    failing = dq.failing_checks(view.wh, declared_of(view))
     known = view.wh.fetchall("SELECT DISTINCT asset_key, check_name FROM meta.asset_checks "
                              "ORDER BY 1, 2", action="listing checks")
     if not known:

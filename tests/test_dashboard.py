@@ -169,6 +169,27 @@ def test_a_load_that_only_rejects_runs_keeps_the_tables_failing_checks(
                                        "no_duplicate_keys"]
 
 
+def test_the_checks_and_sla_shown_are_those_lake_toml_declares_now(
+        built: dict[str, Path], tmp_path: Path) -> None:
+    """A table-level check dropped from lake.toml stops failing on the page (its last result
+    would otherwise stand for good), and the freshness SLA is lake.toml's, read on each
+    refresh."""
+    from dashboard_lakes import FAILING_TOML
+
+    failing = copy_of(built["failing"], tmp_path)
+    toml = failing / "lake.toml"
+    toml.write_text(FAILING_TOML.replace('freshness = "1h", no_duplicate_keys = true',
+                                         'freshness = "1h"'))
+    tile = tiles(app(failing))["events"]
+    assert "failing checks: 1 error, 0 warn" in tile and "SLA 60 min: stale" in tile
+    assert list(app(failing, "Checks").dataframe[0].value["check"]) == ["freshness"]
+    toml.write_text(FAILING_TOML.replace('checks = { freshness = "1h", no_duplicate_keys = '
+                                         'true }\n', ""))
+    tile = tiles(app(failing))["events"]
+    assert status_of(tile) == "ok", tile
+    assert "no freshness SLA" in tile and "no failing checks" in tile
+
+
 def test_overview_before_the_first_load(before_first_load: Path) -> None:
     at = app(before_first_load)
     assert {t: status_of(h) for t, h in tiles(at).items()} == {"events": "empty",
