@@ -10,20 +10,27 @@ all, docs/BENCHMARKS.md).
 Times in ``meta`` are naive UTC; ``now`` is passed in (naive UTC) so ages are computed the
 same way in a test and on a page.
 
-Which checks are failing (docs/DASHBOARD.md): for each table, the result rows of the last
-run that checked it. A load checks the table's data as it is after that load, so its results
-supersede earlier ones; a run rejected in an earlier load is still shown on the Quarantine
-page, not as a failing check forever.
+Which checks are failing (docs/DASHBOARD.md) depends on what a check judges:
+
+- a table-level check (``freshness``, ``no_duplicate_keys``, ``max_row_drop``, ``no_gaps``)
+  judges the whole table, and only a load that wrote rows to the table runs it: its latest
+  result stands until the next one (a load that only rejected runs does not clear it);
+- every other check (``contract``, ``manifest_verified``, pandera's own checks such as
+  ``isin([...])``, Lake's ``key_not_null``, a rejection's reason code) judges runs: for each
+  table, those of the last run that validated runs of it. A run rejected in an earlier load
+  stays on the Quarantine page, not as a failing check forever.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from lakehouse import layout
+from lakehouse.config import CHECK_NAMES, TableCheck
 from lakehouse.db import Warehouse, quote
 
 # The table-level checks of the run log (migration 5); "freshness" carries the SLA in its
@@ -98,19 +105,50 @@ def partition_rows(wh: Warehouse, table: str) -> list[dict[str, Any]]:
                        f"FROM {q} GROUP BY 1 ORDER BY 1", action=f"counting {table}")
 
 
-def failing_checks(wh: Warehouse) -> list[dict[str, Any]]:
-    """The failing results of each table's last checking run, errors first."""
-    return records(wh, """
-        WITH last_run AS (
+def failing_checks(wh: Warehouse, declared: Mapping[str, Sequence[TableCheck]] | None = None
+                   ) -> list[dict[str, Any]]:
+    """The checks failing now, errors first: the latest result of each table-level check of
+    each table, and the results of each table's last run-validating run (module docstring).
+    ``examples`` is the failing values as one line of text.
+
+    ``declared``: lake.toml's checks per table; a table-level check no longer declared for a
+    table declared there is not failing (its last result would otherwise stay for good)."""
+    rows = records(wh, """
+        WITH run_checks AS (
+            SELECT * FROM meta.asset_checks WHERE NOT list_contains(?, check_name)),
+        last_run AS (
             SELECT asset_key, arg_max(run_id, checked_at) AS run_id
-            FROM meta.asset_checks GROUP BY asset_key)
-        SELECT c.asset_key AS "table", c.partition_key AS "partition", c.check_name AS "check",
-               c.column_name AS "column", c.severity, c.failure_count, c.message,
-               c.examples_json, c.checked_at, c.run_id
-        FROM meta.asset_checks c JOIN last_run USING (asset_key, run_id)
-        WHERE c.status = 'fail'
-        ORDER BY c.severity = 'error' DESC, c.asset_key, c.partition_key NULLS FIRST,
-                 c.check_name, c.column_name NULLS FIRST""", action="reading failing checks")
+            FROM run_checks GROUP BY asset_key),
+        current AS (
+            SELECT c.* FROM run_checks c JOIN last_run USING (asset_key, run_id)
+            UNION ALL BY NAME
+            SELECT * FROM (
+                SELECT * FROM meta.asset_checks WHERE list_contains(?, check_name)
+                QUALIFY row_number() OVER (PARTITION BY asset_key, check_name
+                                           ORDER BY checked_at DESC) = 1))
+        SELECT asset_key AS "table", partition_key AS "partition", check_name AS "check",
+               column_name AS "column", severity, failure_count, message, examples_json,
+               checked_at, run_id
+        FROM current WHERE status = 'fail'
+        ORDER BY severity = 'error' DESC, asset_key, partition_key NULLS FIRST, check_name,
+                 column_name NULLS FIRST""", [list(CHECK_NAMES), list(CHECK_NAMES)],
+        action="reading failing checks")
+    if declared is not None:
+        rows = [r for r in rows if r["check"] not in CHECK_NAMES or r["table"] not in declared
+                or r["check"] in {c.name for c in declared[r["table"]]}]
+    return [{**{k: v for k, v in row.items() if k not in ("examples_json", "checked_at",
+                                                          "run_id")},
+             "examples": _examples(row["examples_json"]), "checked_at": row["checked_at"],
+             "run_id": row["run_id"]} for row in rows]
+
+
+def _examples(raw: str | None) -> str:
+    """``examples_json`` (a JSON list of values) as one line: ``7, 8, 9``."""
+    try:
+        values = json.loads(raw) if raw else []
+    except ValueError:
+        return str(raw)
+    return ", ".join(str(v) for v in values) if isinstance(values, list) else str(values)
 
 
 def check_history(wh: Warehouse, table: str, check: str, limit: int = 500
@@ -125,8 +163,8 @@ def check_history(wh: Warehouse, table: str, check: str, limit: int = 500
 
 
 def freshness_slas(wh: Warehouse) -> dict[str, tuple[float | None, str]]:
-    """Each table's freshness SLA (``max_age_seconds`` of its latest freshness result) and
-    that check's severity."""
+    """Each table's freshness SLA as recorded (``max_age_seconds`` of its latest freshness
+    result) and that check's severity: for a table lake.toml no longer declares."""
     rows = wh.fetchall("""
         SELECT asset_key, arg_max(metrics_json, checked_at), arg_max(severity, checked_at)
         FROM meta.asset_checks WHERE check_name = ? AND partition_key IS NULL
@@ -141,8 +179,11 @@ def freshness_slas(wh: Warehouse) -> dict[str, tuple[float | None, str]]:
     return out
 
 
-def overview(wh: Warehouse, declared: list[str], now: datetime) -> Overview:
-    """A tile per table (declared in lake.toml, or present in the snapshot)."""
+def overview(wh: Warehouse, declared: Mapping[str, Sequence[TableCheck]],
+             now: datetime) -> Overview:
+    """A tile per table (declared in lake.toml, or present in the snapshot). ``declared``:
+    the tables of lake.toml and their checks; a declared table's freshness SLA is the one
+    lake.toml declares now (none: no SLA), another's the one last recorded."""
     present = set(data_tables(wh))
     marks = {r[0]: r[1] for r in wh.fetchall(
         "SELECT asset_key, watermark_ts FROM meta.asset_watermarks WHERE scope_key = 'ALL'",
@@ -151,7 +192,7 @@ def overview(wh: Warehouse, declared: list[str], now: datetime) -> Overview:
         "SELECT table_name, max(recorded_at) FROM meta.staged_runs WHERE status = 'loaded' "
         "GROUP BY 1", action="reading the ledger"))
     failing: dict[str, list[int]] = {}
-    for check in failing_checks(wh):
+    for check in failing_checks(wh, declared):
         counts = failing.setdefault(check["table"], [0, 0])
         counts[0 if check["severity"] == "error" else 1] += 1
     slas = freshness_slas(wh)
@@ -162,7 +203,12 @@ def overview(wh: Warehouse, declared: list[str], now: datetime) -> Overview:
         parts = partition_rows(wh, table) if table in present else []
         mark = marks.get(table)
         age = (now - mark).total_seconds() if mark is not None else None
-        sla, severity = slas.get(table, (None, "error"))
+        if table in declared:
+            fresh = [c for c in declared[table] if c.name == FRESHNESS_CHECK]
+            sla, severity = ((float(fresh[0].value), fresh[0].severity) if fresh
+                             else (None, "error"))
+        else:
+            sla, severity = slas.get(table, (None, "error"))
         errors, warnings = failing.get(table, [0, 0])
         tiles.append(TableTile(
             table=table, exists=table in present, rows=sum(p["rows"] for p in parts),
@@ -208,6 +254,20 @@ def failed_runs(wh: Warehouse, since: datetime) -> list[dict[str, Any]]:
         ORDER BY started_at DESC LIMIT 500""", [since], action="reading failed runs")
 
 
+def producer_versions(wh: Warehouse, since: datetime) -> list[dict[str, Any]]:
+    """Which producer versions staged the runs that left staging since ``since``: per table,
+    producer and version, the runs and when the newest was committed. Empty for a snapshot
+    older than the column (migration 4)."""
+    if "producer_version" not in {c.lower() for c, _ in wh.columns("meta", "staged_runs")}:
+        return []
+    return records(wh, """
+        SELECT table_name AS "table", producer, producer_version AS version,
+               count(*) AS runs, max(coalesce(committed_at, recorded_at)) AS last_seen
+        FROM meta.staged_runs WHERE recorded_at >= ?
+        GROUP BY ALL ORDER BY "table", producer, last_seen DESC, version NULLS LAST""",
+        [since], action="reading producer versions")
+
+
 def watermarks(wh: Warehouse, table: str) -> list[dict[str, Any]]:
     """A table's watermarks: ``ALL`` first, then one per scope value."""
     return records(wh, """
@@ -239,5 +299,5 @@ def days_ago(now: datetime, days: int) -> datetime:
 __all__ = ["FRESHNESS_CHECK", "STATUS_EMPTY", "STATUS_ERROR", "STATUS_OK", "STATUS_WARN",
            "Overview", "TableTile", "check_history", "data_tables", "days_ago",
            "failed_runs", "failing_checks", "freshness_slas", "latest_runs", "load_timeline",
-           "overview", "partition_rows", "records", "table_meta", "table_schema",
-           "watermarks"]
+           "overview", "partition_rows", "producer_versions", "records", "table_meta",
+           "table_schema", "watermarks"]

@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from lakehouse import dashboard_queries as dq
+from lakehouse.config import TableCheck
 from lakehouse.errors import LakehouseError
 from loader.dashboard import (
     NothingToShowError,
@@ -66,6 +67,34 @@ def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
+def declared_of(view: View) -> dict[str, tuple[TableCheck, ...]]:
+    """lake.toml's tables and their declared checks."""
+    return {name: contract.checks for name, contract in view.config.tables.items()}
+
+
+def declared_checks(checks: tuple[TableCheck, ...]) -> str:
+    """A table's ``checks = { ... }`` in words: ``freshness 60 min (error), no_gaps (warn)``."""
+    if not checks:
+        return "none declared"
+    words = []
+    for check in checks:
+        if check.name == "freshness":
+            value = f" {age(float(check.value))}"
+        elif check.name == "max_row_drop":
+            value = f" {float(check.value):.0%}"
+        else:
+            value = ""
+        words.append(f"`{check.name}`{value} ({check.severity})")
+    return ", ".join(words)
+
+
+def failures_per_result(history: pd.DataFrame) -> pd.Series:
+    """Failures per check result for the history chart: ``failure_count``, but at least one
+    for a failing result (a failed ``freshness`` check records a count of 0)."""
+    counts = history["failure_count"].astype("Float64").fillna(0)
+    return counts.where(history["status"] != "fail", counts.clip(lower=1))
+
+
 # -- pages --------------------------------------------------------------------------------
 def tile_html(tile: dq.TableTile, now: datetime) -> str:
     """One table's tile, coloured by its status."""
@@ -99,7 +128,7 @@ def tile_html(tile: dq.TableTile, now: datetime) -> str:
 
 def overview_page(view: View, now: datetime) -> None:
     """One tile per table; the staging backlog and the quarantine count."""
-    data = dq.overview(view.wh, sorted(view.config.tables), now)
+    data = dq.overview(view.wh, declared_of(view), now)
     backlog = staging_backlog(view.config, now)
     quarantined = quarantined_runs(view.config, now)
     a, b, c, d = st.columns(4)
@@ -155,17 +184,24 @@ def runs_page(view: View, now: datetime) -> None:
         st.dataframe(frame(killed).drop(columns=["killed"]), hide_index=True)
     else:
         st.success(f"No killed runs in the last {days} days.")
+    st.subheader(f"Producer versions in the last {days} days")
+    versions = dq.producer_versions(view.wh, since)
+    if versions:
+        st.dataframe(frame(versions), hide_index=True)
+    else:
+        st.info(f"No staged runs left staging in the last {days} days.")
 
 
 def checks_page(view: View, now: datetime) -> None:
     """Failing checks by table and partition, and one check's history."""
-    failing = dq.failing_checks(view.wh)
+    failing = dq.failing_checks(view.wh, declared_of(view))
     known = view.wh.fetchall("SELECT DISTINCT asset_key, check_name FROM meta.asset_checks "
                              "ORDER BY 1, 2", action="listing checks")
     if not known:
         st.info("No check results yet: every load records its checks here.")
         return
-    st.subheader("Failing checks (each table's last checked run)")
+    st.subheader("Failing checks (table-level: latest result; others: each table's last "
+                 "validated runs)")
     if failing:
         for table in dict.fromkeys(r["table"] for r in failing):
             rows = [r for r in failing if r["table"] == table]
@@ -181,9 +217,7 @@ def checks_page(view: View, now: datetime) -> None:
     if choice is not None:
         history = dq.check_history(view.wh, choice[0], choice[1])
         df = frame(history)
-        # Failures per result (a failing result without a count counts as one).
-        df["failures"] = df["failure_count"].astype("Float64").fillna(
-            (df["status"] == "fail").astype("Float64"))
+        df["failures"] = failures_per_result(df)
         st.scatter_chart(df, x="checked_at", y="failures", color="status")
         st.dataframe(df.drop(columns=["failures"]), hide_index=True)
 
@@ -248,7 +282,9 @@ def table_page(view: View, now: datetime) -> None:
                 f"- primary key: `{', '.join(contract.primary_key) or 'none'}`",
                 f"- partitioned: {partition}",
                 f"- merge: `{contract.merge}`, on invalid: `{contract.on_invalid}`",
-                f"- schema evolution: `{contract.schema_evolution}`"]))
+                f"- schema evolution: `{contract.schema_evolution}`",
+                f"- checks: {declared_checks(contract.checks)}",
+                f"- watermark scope: `{contract.watermark_scope or 'ALL only'}`"]))
         st.subheader("Schema")
         schema = dq.table_schema(view.wh, table)
         if schema:

@@ -1,33 +1,34 @@
 """Fixture lakes for the dashboard's tests: healthy, failing checks, quarantined runs, empty.
 
-Each is a real root: runs staged with the producer API and loaded by the real loader, then
-published. What today's loader cannot write yet is written by hand into ``lake.duckdb`` with
-a plain DuckDB connection and published again (marked STAND-IN below):
+Each is a real root produced by the real system: runs staged with the producer API (with
+producer versions), loaded by the real loader with the table-level checks and the watermark
+scope declared in lake.toml, and the other jobs run as the `lake` CLI (`compact --force`,
+`cleanup`, `export --format parquet`, a `compact` SIGKILLed at a named crash point and closed
+as killed by the next job). Every job publishes its own snapshot.
 
-- STAND-IN for migration 4 (issue 14, the run log): ``meta.staged_runs.producer_version``;
-  ``ingestion_runs`` rows of the jobs other than load (compact, cleanup, export,
-  quarantine_replay); a killed run (status ``failed``, error_type ``killed``).
-- STAND-IN for migration 5 (issue 14): ``meta.asset_checks.column_name``, ``failure_count``,
-  ``examples_json``; the table-level checks (freshness, no_duplicate_keys, max_row_drop,
-  no_gaps), the freshness row's metrics ``{"max_age_seconds", "age_seconds", "watermark"}``;
-  per-value watermark scopes beside ``ALL``.
-
-The columns are added with ``ADD COLUMN IF NOT EXISTS``, so the same fixtures hold once the
-migrations have landed.
+One hand edit, in :func:`failing_lake` and marked there: three rows that repeat keys of
+``events``. A load refuses a key added to a table that repeats it, so duplicate keys in a
+table can only come from outside the loader; the real ``no_duplicate_keys`` check then finds
+them at the next load. Every other failure arises on its own: a freshness SLA shorter than the
+events' age, a day missing from ``logs`` (``no_gaps``, severity warn), a run that breaks the
+events contract (quarantined), and a null key in a table with ``on_invalid = "abort"`` (the
+load fails with ``LoadAbortedError``).
 """
 
 from __future__ import annotations
 
-import json
-import uuid
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pyarrow as pa
-from conftest import Lake, make_root
+from conftest import Lake, lake_cli, make_root
 
+from lakehouse import failpoints
+from lakehouse.errors import LoadAbortedError
+
+# The healthy lake's contracts: every check passes.
 DASHBOARD_TOML = """
 [lake]
 retention_days = 7
@@ -37,11 +38,36 @@ schema = "contracts.events:EventSchema"
 primary_key = ["event_id"]
 partition_by = { column = "ts", granularity = "month" }
 merge = "upsert"
+watermark_scope = "kind"
+checks = { freshness = "24h", no_duplicate_keys = true, max_row_drop = 0.2 }
 
 [tables.logs]
 primary_key = ["id"]
 partition_by = { column = "ts", granularity = "day" }
 merge = "append"
+checks = { no_gaps = true }
+"""
+
+# The failing lake's: a 1 h SLA for events staged 2-3 h late; logs warn on a missing day and
+# abort a load on an invalid run.
+FAILING_TOML = """
+[lake]
+retention_days = 7
+
+[tables.events]
+schema = "contracts.events:EventSchema"
+primary_key = ["event_id"]
+partition_by = { column = "ts", granularity = "month" }
+merge = "upsert"
+watermark_scope = "kind"
+checks = { freshness = "1h", no_duplicate_keys = true }
+
+[tables.logs]
+primary_key = ["id"]
+partition_by = { column = "ts", granularity = "day" }
+merge = "append"
+on_invalid = "abort"
+checks = { no_gaps = { value = true, severity = "warn" } }
 """
 
 TABLES = ("events", "logs")
@@ -68,162 +94,93 @@ def logs(start: int, n: int, when: datetime) -> pa.Table:
                      "line": [f"line {i}" for i in range(start, start + n)]})
 
 
+def missing_log_day(now: datetime) -> str:
+    """The day :func:`failing_lake` leaves out of ``logs`` (two days before ``now``)."""
+    return f"{now - timedelta(days=2):%Y-%m-%d}"
+
+
 def new_lake(root: Path, toml: str = DASHBOARD_TOML) -> Lake:
-    """An initialised root with the events and logs tables (the lake before its first load),
-    with the final schema's columns."""
+    """An initialised root (``lake init`` publishes the first snapshot): the lake before its
+    first load."""
     lake = Lake(make_root(root, toml))
     lake.init()
-    return finish(lake, lambda con: None)
+    return lake
 
 
-def loaded_lake(root: Path) -> Lake:
-    """Two real loads into both tables."""
-    lake = new_lake(root)
+def loaded_lake(root: Path, toml: str = DASHBOARD_TOML) -> Lake:
+    """Two real loads: 50 views and 3 log lines by producers at version 0.1.0, then 30 clicks
+    by one at 0.2.0 (so the watermark has the scopes ``ALL``, ``view`` and ``click``)."""
+    lake = new_lake(root, toml)
     now = now_naive()
-    lake.stage("events", events(0, 50, now - timedelta(minutes=5)), producer="web-1")
-    lake.stage("logs", logs(0, 3, now - timedelta(minutes=5)), producer="cron")
+    lake.stage("events", events(0, 50, now - timedelta(minutes=5)), producer="web-1",
+               version="0.1.0")
+    lake.stage("logs", logs(0, 3, now - timedelta(minutes=5)), producer="cron", version="0.1.0")
     lake.load()
-    lake.stage("events", events(50, 30, now - timedelta(minutes=2)), producer="web-2")
+    lake.stage("events", events(50, 30, now - timedelta(minutes=2), kind="click"),
+               producer="web-2", version="0.2.0")
     lake.load()
     return lake
 
 
-# -- STAND-IN rows for migrations 4 and 5 -------------------------------------------------
-def add_final_columns(con: duckdb.DuckDBPyConnection) -> None:
-    """The columns migrations 4 and 5 add (STAND-IN until they land)."""
-    for sql in ["ALTER TABLE meta.staged_runs ADD COLUMN IF NOT EXISTS producer_version VARCHAR",
-                "ALTER TABLE meta.asset_checks ADD COLUMN IF NOT EXISTS column_name VARCHAR",
-                "ALTER TABLE meta.asset_checks ADD COLUMN IF NOT EXISTS failure_count BIGINT",
-                "ALTER TABLE meta.asset_checks ADD COLUMN IF NOT EXISTS examples_json VARCHAR"]:
-        con.execute(sql)
-
-
-def add_run(con: duckdb.DuckDBPyConnection, job: str, status: str, started: datetime, *,
-            seconds: float = 1.0, error_type: str | None = None,
-            error_message: str | None = None) -> str:
-    """One ``meta.ingestion_runs`` row (STAND-IN: today only loads write them)."""
-    run_id = str(uuid.uuid4())
-    con.execute(
-        "INSERT INTO meta.ingestion_runs (run_id, job_name, triggered_by, status, started_at, "
-        "ended_at, duration_ms, error_type, error_message) VALUES (?, ?, 'cli', ?, ?, ?, ?, ?, ?)",
-        [run_id, job, status, started, started + timedelta(seconds=seconds),
-         int(seconds * 1000), error_type, error_message])
-    return run_id
-
-
-def add_check(con: duckdb.DuckDBPyConnection, run_id: str, table: str, check: str,
-              status: str, *, severity: str = "error", partition: str | None = None,
-              column: str | None = None, failures: int | None = None,
-              metrics: dict[str, Any] | None = None, message: str | None = None,
-              examples: list[Any] | None = None, at: datetime | None = None) -> None:
-    """One ``meta.asset_checks`` row of the final schema (STAND-IN for migration 5)."""
-    con.execute(
-        "INSERT INTO meta.asset_checks (check_id, asset_key, partition_key, check_name, "
-        "severity, status, checked_at, metrics_json, message, run_id, column_name, "
-        "failure_count, examples_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [str(uuid.uuid4()), table, partition, check, severity, status, at or now_naive(),
-         json.dumps(metrics) if metrics else None, message, run_id, column, failures,
-         json.dumps(examples) if examples else None])
-
-
-def latest_load(con: duckdb.DuckDBPyConnection) -> str:
-    """The run id of the newest load."""
-    row = con.execute("SELECT run_id FROM meta.ingestion_runs WHERE job_name = 'load' "
-                      "ORDER BY started_at DESC LIMIT 1").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def table_checks(con: duckdb.DuckDBPyConnection, run_id: str, *, sla_seconds: float,
-                 failing: bool) -> None:
-    """The table-level checks of one load for both tables; ``failing``: events has duplicate
-    keys (error) and is stale (freshness error), logs has a gap (warn)."""
-    now = now_naive()
-    for table in TABLES:
-        mark = con.execute("SELECT watermark_ts FROM meta.asset_watermarks WHERE asset_key = ? "
-                           "AND scope_key = 'ALL'", [table]).fetchone()
-        watermark = mark[0] if mark else now
-        stale = failing and table == "events"
-        add_check(con, run_id, table, "freshness", "fail" if stale else "pass",
-                  metrics={"max_age_seconds": sla_seconds if not stale else 60,
-                           "age_seconds": (now - watermark).total_seconds(),
-                           "watermark": watermark.isoformat()},
-                  message="older than its SLA" if stale else None)
-        dup = failing and table == "events"
-        add_check(con, run_id, table, "no_duplicate_keys", "fail" if dup else "pass",
-                  column="event_id" if table == "events" else "id", failures=3 if dup else 0,
-                  examples=[7, 8, 9] if dup else None,
-                  message="3 keys have more than one row" if dup else None)
-        add_check(con, run_id, table, "max_row_drop", "pass")
-        gap = failing and table == "logs"
-        add_check(con, run_id, table, "no_gaps", "fail" if gap else "pass", severity="warn",
-                  partition="2026-12-01" if gap else None, failures=1 if gap else 0,
-                  message="no rows for 2026-12-01" if gap else None)
-
-
-def scoped_watermarks(con: duckdb.DuckDBPyConnection) -> None:
-    """Per-value watermark scopes beside ``ALL`` (STAND-IN for the final run log)."""
-    for table, _scope, ts in con.execute(
-            "SELECT asset_key, scope_key, watermark_ts FROM meta.asset_watermarks").fetchall():
-        for kind in ("kind=view", "kind=click"):
-            con.execute("INSERT INTO meta.asset_watermarks VALUES (?, ?, ?, ?, NULL) "
-                        "ON CONFLICT DO NOTHING", [table, kind, ts, now_naive()])
-
-
-def finish(lake: Lake, edit: Any) -> Lake:
-    """Apply ``edit(con)`` to lake.duckdb by hand, then publish a new snapshot."""
-    from lakehouse.layout import LakePaths
-    from lakehouse.publish import publish_snapshot
-
-    con = duckdb.connect(str(lake.root / "warehouse" / "lake.duckdb"))
-    try:
-        add_final_columns(con)
-        edit(con)
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    publish_snapshot(LakePaths.at(lake.root))
-    return lake
+def cli(lake: Lake, *args: str, code: int = 0, crash_at: str | None = None) -> None:
+    """Run `lake ARGS` on the lake as a subprocess; it must exit with ``code`` (a negative
+    signal number when ``crash_at`` names a failpoint that SIGKILLs it)."""
+    env = {failpoints.ENVIRONMENT_VARIABLE: crash_at} if crash_at else None
+    done = lake_cli(lake.root, *args, env=env)
+    assert done.returncode == code, (args, done.returncode, done.stdout, done.stderr)
 
 
 def healthy_lake(root: Path) -> Lake:
-    """Two loads, every check passing, fresh within a day; other jobs ran fine."""
-    def edit(con: duckdb.DuckDBPyConnection) -> None:
-        now = now_naive()
-        add_run(con, "compact", "success", now - timedelta(hours=3), seconds=4)
-        add_run(con, "cleanup", "success", now - timedelta(hours=2))
-        add_run(con, "export", "success", now - timedelta(hours=1), seconds=2)
-        table_checks(con, latest_load(con), sla_seconds=86_400, failing=False)
-        scoped_watermarks(con)
-        con.execute("UPDATE meta.staged_runs SET producer_version = '0.1.0'")
-
-    return finish(loaded_lake(root), edit)
+    """Two loads, every check passing, fresh within its 24 h SLA; then `lake compact
+    --force`, `lake cleanup` and `lake export events --format parquet`, each a success."""
+    lake = loaded_lake(root)
+    cli(lake, "compact", "--force")
+    cli(lake, "cleanup")
+    cli(lake, "export", "events", "--to", str(root.parent / f"{root.name}-exports"),
+        "--format", "parquet")
+    return lake
 
 
 def failing_lake(root: Path) -> Lake:
-    """Like the healthy lake, but events' last checks fail (duplicate keys, stale), logs has
-    a gap (warn), a load failed and another was killed."""
-    def edit(con: duckdb.DuckDBPyConnection) -> None:
-        now = now_naive()
-        load = latest_load(con)
-        # An older, passing round first: the history has a pass before the fail.
-        earlier = add_run(con, "load", "success", now - timedelta(days=2), seconds=3)
-        table_checks(con, earlier, sla_seconds=86_400, failing=False)
-        con.execute("UPDATE meta.asset_checks SET checked_at = ? WHERE run_id = ?",
-                    [now - timedelta(days=2), earlier])
-        table_checks(con, load, sla_seconds=86_400, failing=True)
-        add_run(con, "load", "failed", now - timedelta(days=1), error_type="WarehouseError",
-                error_message="warehouse error while merging: disk full")
-        add_run(con, "compact", "failed", now - timedelta(hours=5), error_type="killed",
-                error_message="the process died before it closed its run")
-        scoped_watermarks(con)
-
-    return finish(loaded_lake(root), edit)
+    """Events fail ``freshness`` (error: 2 h old against a 1 h SLA) in both loads and
+    ``no_duplicate_keys`` (error) in the second, after passing it in the first; logs miss a
+    day (``no_gaps``, warn). A compaction was killed, and the load that found it failed (a
+    null key in logs, ``on_invalid = "abort"``): its run still waits in staging."""
+    lake = new_lake(root, FAILING_TOML)
+    now = now_naive()
+    lake.stage("events", events(0, 50, now - timedelta(hours=3)), producer="web-1",
+               version="0.1.0")
+    lake.stage("logs", logs(0, 4, now - timedelta(minutes=5)).take([0, 1, 3]),
+               producer="cron", version="0.1.0")  # no line two days ago: a gap
+    lake.load()
+    # THE ONE HAND EDIT: events 7, 8 and 9 twice each, written around the loader (see the
+    # module's docstring); the next load's no_duplicate_keys check finds them.
+    con = duckdb.connect(str(root / "warehouse" / "lake.duckdb"))
+    try:
+        con.execute("INSERT INTO events SELECT * FROM events WHERE event_id IN (7, 8, 9)")
+    finally:
+        con.close()
+    lake.stage("events", events(50, 30, now - timedelta(hours=2), kind="click"),
+               producer="web-2", version="0.2.0")
+    lake.load()
+    cli(lake, "compact", "--force", code=-signal.SIGKILL, crash_at="compact.after_copy")
+    lake.stage("logs", pa.table({"id": pa.array([None, 9], pa.int64()),
+                                 "ts": pa.array([now, now], pa.timestamp("us")),
+                                 "line": ["lost", "kept"]}), producer="cron", version="0.1.0")
+    try:  # closes the killed compaction, then aborts at the null key (and publishes)
+        lake.load()
+    except LoadAbortedError:
+        pass
+    else:
+        raise AssertionError("the load of a null key into logs did not abort")
+    return lake
 
 
 def quarantined_lake(root: Path) -> Lake:
-    """A healthy load, then a run that breaks the events contract (quarantined)."""
+    """The healthy lake's two loads, then a run that breaks the events contract (an unknown
+    kind): the load quarantines it."""
     lake = loaded_lake(root)
-    lake.stage("events", events(100, 5, now_naive(), kind="bogus"), producer="web-3")
+    lake.stage("events", events(100, 5, now_naive(), kind="bogus"), producer="web-3",
+               version="0.2.0")
     lake.load()
-    return finish(lake, lambda con: None)
+    return lake

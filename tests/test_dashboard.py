@@ -19,6 +19,7 @@ from dashboard_lakes import (
     events,
     failing_lake,
     healthy_lake,
+    missing_log_day,
     new_lake,
     now_naive,
     quarantined_lake,
@@ -117,9 +118,11 @@ def test_overview_colours_failing_checks_and_stale_tables(failing: Path) -> None
     found = tiles(app(failing))
     assert status_of(found["events"]) == "error"  # duplicate keys (error), stale (error)
     assert "failing checks: 2 error, 0 warn" in found["events"]
-    assert ": stale" in found["events"]
+    assert "2.0 h old, SLA 60 min: stale" in found["events"]
     assert 'color:#c62828' in found["events"].split('class="lake-checks"', 1)[1]
     assert status_of(found["logs"]) == "warn"  # a gap, severity warn
+    assert "failing checks: 0 error, 1 warn" in found["logs"]
+    assert "no freshness SLA" in found["logs"]
 
 
 def test_overview_counts_quarantine_and_backlog(quarantined: Path) -> None:
@@ -131,8 +134,9 @@ def test_overview_counts_quarantine_and_backlog(quarantined: Path) -> None:
     assert metric(at, "Quarantined runs") == "1"
     assert metric(at, "Runs waiting in staging") == "1"
     assert metric(at, "Oldest waiting run") not in ("-", "")
-    # The last load of events rejected a run: its contract check failed there.
+    # The last load of events rejected a run: pandera's isin check failed there.
     assert status_of(tiles(at)["events"]) == "error"
+    assert "failing checks: 1 error, 0 warn" in tiles(at)["events"]
 
 
 def test_a_clean_load_after_a_rejection_turns_the_table_ok_again(quarantined: Path) -> None:
@@ -146,6 +150,44 @@ def test_a_clean_load_after_a_rejection_turns_the_table_ok_again(quarantined: Pa
     at = app(quarantined)
     assert status_of(tiles(at)["events"]) == "ok"
     assert metric(at, "Quarantined runs") == "1"
+
+
+def test_a_load_that_only_rejects_runs_keeps_the_tables_failing_checks(
+        built: dict[str, Path], tmp_path: Path) -> None:
+    """The table-level checks judge the whole table and run only in a load that wrote rows
+    to it: a later load that only quarantines a run of events leaves them failing."""
+    from conftest import Lake
+
+    failing = copy_of(built["failing"], tmp_path)
+    lake = Lake(failing)
+    lake.stage("events", events(200, 2, now_naive(), kind="bogus"), producer="web-5")
+    lake.load(table="events")  # logs' aborting run stays waiting
+    assert len(lake.quarantined("events")) == 1
+    assert "failing checks: 3 error, 0 warn" in tiles(app(failing))["events"]
+    checks = app(failing, "Checks").dataframe[0].value
+    assert sorted(checks["check"]) == ["freshness", "isin(['view', 'click', 'purchase'])",
+                                       "no_duplicate_keys"]
+
+
+def test_the_checks_and_sla_shown_are_those_lake_toml_declares_now(
+        built: dict[str, Path], tmp_path: Path) -> None:
+    """A table-level check dropped from lake.toml stops failing on the page (its last result
+    would otherwise stand for good), and the freshness SLA is lake.toml's, read on each
+    refresh."""
+    from dashboard_lakes import FAILING_TOML
+
+    failing = copy_of(built["failing"], tmp_path)
+    toml = failing / "lake.toml"
+    toml.write_text(FAILING_TOML.replace('freshness = "1h", no_duplicate_keys = true',
+                                         'freshness = "1h"'))
+    tile = tiles(app(failing))["events"]
+    assert "failing checks: 1 error, 0 warn" in tile and "SLA 60 min: stale" in tile
+    assert list(app(failing, "Checks").dataframe[0].value["check"]) == ["freshness"]
+    toml.write_text(FAILING_TOML.replace('checks = { freshness = "1h", no_duplicate_keys = '
+                                         'true }\n', ""))
+    tile = tiles(app(failing))["events"]
+    assert status_of(tile) == "ok", tile
+    assert "no freshness SLA" in tile and "no failing checks" in tile
 
 
 def test_overview_before_the_first_load(before_first_load: Path) -> None:
@@ -175,12 +217,10 @@ def test_a_lake_without_tables(tmp_path: Path) -> None:
 
 def test_a_table_without_partitions_or_event_time(tmp_path: Path) -> None:
     import pyarrow as pa
-    from dashboard_lakes import finish
 
     lake = new_lake(tmp_path / "plain", "[tables.plain]\nmerge = \"append\"\n")
     lake.stage("plain", pa.table({"id": [1, 2, 3]}))
     lake.load()
-    finish(lake, lambda con: None)
     tile = tiles(app(lake.root))["plain"]
     assert status_of(tile) == "ok"
     assert "3 rows in 1 partition<" in tile and "no watermark (no event time loaded)" in tile
@@ -204,12 +244,16 @@ def test_every_page_renders_on_every_fixture_lake(built: dict[str, Path], page: 
 def test_runs_page_latest_run_per_job_timeline_failures_and_killed(failing: Path) -> None:
     at = app(failing, "Runs")
     latest = at.dataframe[0].value
-    assert set(latest["job"]) == {"load", "compact"}
+    assert dict(zip(latest["job"], latest["error_type"], strict=True)) == {
+        "load": "LoadAbortedError", "compact": "killed"}
     assert len(at.get("vega_lite_chart")) == 2  # durations and rows loaded
     failures = at.dataframe[1].value
-    assert list(failures["error_message"]) == ["warehouse error while merging: disk full"]
+    assert list(failures["job"]) == ["load"]
+    [message] = failures["error_message"]
+    assert message.startswith("load aborted at run ") and "key_not_null" in message
     killed = at.dataframe[2].value
     assert list(killed["job"]) == ["compact"] and list(killed["error_type"]) == ["killed"]
+    assert "died before it closed this run" in killed["error_message"][0]
     at.radio(key="runs_window").set_value("Last 30 days").run()
     assert any(s.value == "Loads in the last 30 days" for s in at.subheader)
 
@@ -219,6 +263,11 @@ def test_runs_page_of_a_healthy_lake(healthy: Path) -> None:
     assert set(at.dataframe[0].value["job"]) == {"load", "compact", "cleanup", "export"}
     assert "No failed runs in the last 7 days." in texts(at.success)
     assert "No killed runs in the last 7 days." in texts(at.success)
+    # The versions the producers staged with (stage(..., version=...)), per table.
+    versions = at.dataframe[1].value
+    assert [tuple(r) for r in versions[["table", "producer", "version", "runs"]].itertuples(
+        index=False)] == [("events", "web-1", "0.1.0", 1), ("events", "web-2", "0.2.0", 1),
+                          ("logs", "cron", "0.1.0", 1)]
 
 
 def test_runs_page_before_the_first_load(before_first_load: Path) -> None:
@@ -232,12 +281,23 @@ def test_checks_page_failing_by_table_and_partition_with_history(failing: Path) 
     events_failing, logs_failing = at.dataframe[0].value, at.dataframe[1].value
     assert set(events_failing["check"]) == {"freshness", "no_duplicate_keys"}
     dup = events_failing[events_failing["check"] == "no_duplicate_keys"].iloc[0]
-    assert (dup["column"], dup["failure_count"], dup["severity"]) == ("event_id", 3, "error")
-    assert list(logs_failing["partition"]) == ["2026-12-01"]
-    # The history of the first failing check: a pass two days ago, then the fail.
-    history = at.dataframe[2].value
-    assert at.selectbox(key="check_choice").value[0] == "events"
-    assert list(history["status"]) == ["fail", "pass"]
+    assert (dup["column"], dup["failure_count"], dup["severity"], dup["examples"]) == (
+        "event_id", 3, "error", "7, 8, 9")
+    # no_gaps judges the whole table: the missing day is its example, not its partition.
+    gap = logs_failing.iloc[0]
+    assert (gap["check"], gap["severity"], gap["column"], gap["failure_count"]) == (
+        "no_gaps", "warn", "ts", 1)
+    assert gap["examples"] == missing_log_day(now_naive())
+    # Failing checks come first in the history's choice; each is fail in the last load.
+    assert at.selectbox(key="check_choice").value == ("events", "freshness")
+    assert list(at.dataframe[2].value["status"]) == ["fail", "fail"]
+    # The duplicate keys: a pass in the first load, then the fail after the hand edit.
+    at.selectbox(key="check_choice").set_value(("events", "no_duplicate_keys")).run()
+    assert list(at.dataframe[2].value["status"]) == ["fail", "pass"]
+    # The passing checks every load records are there too, pandera's included.
+    options = at.selectbox(key="check_choice").options
+    assert {"events · contract", "events · manifest_verified",
+            "logs · contract"} <= set(options)
 
 
 def test_checks_page_when_all_pass(healthy: Path) -> None:
@@ -272,13 +332,18 @@ def test_table_page_partitions_watermarks_schema_contract(healthy: Path) -> None
     assert at.selectbox(key="table_choice").value == "events"
     assert len(at.get("vega_lite_chart")) == 1  # rows per partition
     marks = at.dataframe[0].value
-    assert list(marks["scope"]) == ["ALL", "kind=click", "kind=view"]
+    assert list(marks["scope"]) == ["ALL", "click", "view"]  # watermark_scope = "kind"
     schema = at.dataframe[1].value
     assert {"event_id", "ts", "kind", "amount", "_lake_partition"} <= set(schema["column"])
     contract = " ".join(texts(at.markdown))
     assert "merge: `upsert`" in contract and "primary key: `event_id`" in contract
+    assert ("checks: `freshness` 24.0 h (error), `no_duplicate_keys` (error), "
+            "`max_row_drop` 20% (error)") in contract
+    assert "watermark scope: `kind`" in contract
     at.selectbox(key="table_choice").set_value("logs").run()
     assert "merge: `append`" in " ".join(texts(at.markdown))
+    assert "checks: `no_gaps` (error)" in " ".join(texts(at.markdown))
+    assert "watermark scope: `ALL only`" in " ".join(texts(at.markdown))
 
 
 def test_table_page_before_the_first_load(before_first_load: Path) -> None:
@@ -382,3 +447,25 @@ def test_app_module_parses_what_lake_dashboard_passes() -> None:
 
     args = parse_args(["--root", "/srv/lake", "--refresh", "15"])
     assert (args.root, args.refresh) == ("/srv/lake", 15.0)
+
+
+def test_the_history_chart_counts_a_failing_result_as_at_least_one_failure() -> None:
+    """A failed freshness check records failure_count 0: charted as 0 it would look like a
+    pass."""
+    import pandas as pd
+
+    from loader.dashboard_app import failures_per_result
+
+    history = pd.DataFrame({"status": ["fail", "pass", "fail", "fail"],
+                            "failure_count": [0, 0, None, 3]})
+    assert list(failures_per_result(history)) == [1, 0, 1, 3]
+
+
+def test_read_every_page_gives_what_the_pages_show(failing: Path) -> None:
+    """`make bench` times read_every_page: it runs every page's reads on the real lake."""
+    from loader.dashboard import read_every_page
+
+    counts = read_every_page(failing)
+    assert (counts["tiles"], counts["failing_checks"], counts["failed_30d"],
+            counts["backlog"], counts["producer_versions_30d"], counts["events.watermarks"]) == (
+        2, 3, 2, 1, 3, 3)
