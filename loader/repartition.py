@@ -325,6 +325,12 @@ class _Job:
                 wh.execute(f"ALTER TABLE {quote(build)} RENAME TO {quote(name)}",
                            action=f"renaming {build} to {name}")
             record_spec(wh, self.contract)
+            # A rebuild moves every row: out of its old partition, into its new one (per
+            # table, inserted - deleted stays the change in its row count: none).
+            for part in report.partitions_before if report.rebuild else []:
+                logger.log_asset(name, str(part["partition"]), "success",
+                                 rows_deleted=part["rows"],
+                                 extra={"repartition": report.changes})
             for part in report.partitions_after:
                 logger.log_asset(name, str(part["partition"]), "success",
                                  rows_inserted=part["rows"] if report.rebuild else 0,

@@ -182,6 +182,10 @@ def test_repartition_rebuilds_the_table_under_the_new_spec(loaded: Lake) -> None
                      "WHERE table_name = 'logs'") == [("ts", "month")]
     assert lake.rows("SELECT status FROM meta.ingestion_runs WHERE job_name = "
                      "'repartition'") == [("success",)]
+    # The run log: every row moved out of its day and into its month, none gained or lost.
+    assert lake.rows("SELECT sum(rows_deleted), sum(rows_inserted) FROM "
+                     "meta.ingestion_run_assets WHERE run_id = (SELECT run_id FROM "
+                     "meta.ingestion_runs WHERE job_name = 'repartition')") == [(70, 70)]
     assert lake.staged("logs") == [waiting]  # repartition never loads: the next load does
     assert lake.load().count("loaded") == 1
     assert ("2026-05", 4) in partitions(lake)
