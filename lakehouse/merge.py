@@ -180,12 +180,16 @@ def add_columns(wh: Warehouse, table: str, columns: list[tuple[str, str]]) -> No
                    action=f"adding column {name} to {table}")
 
 
-def key_range(wh: Warehouse, keys: tuple[str, ...], alias: str) -> tuple[str, list[Any]]:
-    """A ``k BETWEEN min AND max`` filter per key column, with the batch's bounds as
-    parameters: constants let DuckDB skip row groups of the table by their min/max, so a
-    key check touches the table's recent row groups instead of all of it."""
+def key_range(wh: Warehouse, keys: tuple[str, ...] | list[str], alias: str, *,
+              source: str = BATCH_NAME,
+              source_params: list[Any] | None = None) -> tuple[str, list[Any]]:
+    """A ``k BETWEEN min AND max`` filter per key column, with the bounds of ``source`` (the
+    batch, or a subquery in parentheses) as parameters: constants let DuckDB skip row groups
+    of the table by their min/max, so a key check touches the table's recent row groups
+    instead of all of it."""
     cols = ", ".join(f"min({quote(k)}), max({quote(k)})" for k in keys)
-    row = wh.fetchone(f"SELECT {cols} FROM {BATCH_NAME}", action="reading key bounds")
+    row = wh.fetchone(f"SELECT {cols} FROM {source}", source_params,
+                      action="reading key bounds")
     clauses, params = [], []
     for i, k in enumerate(keys):
         low, high = (row[2 * i], row[2 * i + 1]) if row else (None, None)

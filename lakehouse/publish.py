@@ -54,7 +54,7 @@ from pathlib import Path
 
 from lakehouse import failpoints
 from lakehouse.db import Warehouse, literal, open_warehouse
-from lakehouse.errors import LockHeldError, WarehouseError
+from lakehouse.errors import LockHeldError, UsageError, WarehouseError
 from lakehouse.fsio import atomic_write_bytes, fsync_dir, fsync_file, temp_name
 from lakehouse.layout import PUBLISH_PENDING_NAME, LakePaths, utc_stamp
 from lakehouse.snapshot_sync import LIVE, NotIncrementalError, sync_snapshot
@@ -357,6 +357,14 @@ def _remove_versions(folder: Path, keep: set[str], grace: float) -> None:
         if older not in keep and now - superseded > grace:
             (folder / older).unlink(missing_ok=True)
             (folder / f"{older}.wal").unlink(missing_ok=True)
+
+
+def require_snapshot(paths: LakePaths) -> None:
+    """A reader's first check: raise UsageError, saying what to run, when nothing is
+    published yet."""
+    if not paths.read_snapshot.exists():
+        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
+                         "and `lake load` first")
 
 
 def open_snapshot(paths: LakePaths, attempts: int = 5, *,

@@ -38,6 +38,7 @@ from lakehouse.config import TableContract
 from lakehouse.db import Warehouse, quote
 from lakehouse.layout import PARTITION_COLUMN, RUN_ID_COLUMN
 from lakehouse.ledger import STATUS_LOADED
+from lakehouse.merge import key_range
 
 LIVE = "live"  # the warehouse's alias in the snapshot's connection
 _NEW_RUNS = "lake_sync_runs"  # a temp table: the run ids of one table loaded since
@@ -169,7 +170,8 @@ def _apply_runs(snap: Warehouse, own: str, table: str, runs: list[str], merge: s
     if merge == "upsert" and keys:
         join = " AND ".join(f"{target}.{quote(k)} = n.{quote(k)}" for k in keys)
         cols = ", ".join(quote(k) for k in keys)
-        bounds, bound_params = _key_bounds(snap, new_rows, params, keys, target)
+        bounds, bound_params = key_range(snap, keys, target, source=f"({new_rows})",
+                                         source_params=params)
         row = snap.fetchone(f"DELETE FROM {target} USING (SELECT DISTINCT {cols} FROM "
                             f"({new_rows})) n WHERE {join} AND {bounds}",
                             params + bound_params, action=f"syncing the upserts of {table}")
@@ -188,22 +190,6 @@ def _apply_runs(snap: Warehouse, own: str, table: str, runs: list[str], merge: s
     stats.rows_inserted += int(row[0]) if row else 0
     stats.rows_deleted += deleted
     stats.tables[table] = len(runs)
-
-
-def _key_bounds(snap: Warehouse, new_rows: str, params: list[Any], keys: list[str],
-                target: str) -> tuple[str, list[Any]]:
-    """``k BETWEEN min AND max`` of the new rows' keys, as constants: DuckDB then skips the
-    snapshot's row groups by their min/max (as the merge does with the batch's bounds)."""
-    cols = ", ".join(f"min({quote(k)}), max({quote(k)})" for k in keys)
-    row = snap.fetchone(f"SELECT {cols} FROM ({new_rows})", params, action="reading key bounds")
-    clauses, bound_params = [], []
-    for i, k in enumerate(keys):
-        low, high = (row[2 * i], row[2 * i + 1]) if row else (None, None)
-        if low is None or high is None:
-            continue
-        clauses.append(f"{target}.{quote(k)} BETWEEN ? AND ?")
-        bound_params += [low, high]
-    return (" AND ".join(clauses) or "TRUE"), bound_params
 
 
 def _check_counts(snap: Warehouse, own: str, tables: list[tuple[str, str]]) -> None:

@@ -62,7 +62,12 @@ from lakehouse.layout import TMP_MARKER, LakePaths, utc_stamp
 from lakehouse.lock import WarehouseLock
 from lakehouse.migrations import migrate
 from lakehouse.observability import RunLogger
-from lakehouse.publish import mark_publish_pending, publish_pending, publish_snapshot
+from lakehouse.publish import (
+    mark_publish_pending,
+    publish_pending,
+    publish_snapshot,
+    require_snapshot,
+)
 from loader.export_delta import export_delta
 
 DEFAULT_KEEP_VERSIONS = 2  # the current version and the one before (for readers mid-scan)
@@ -295,9 +300,7 @@ def _record(wh: Warehouse, paths: LakePaths, target: ExportTarget,
 def _dry_run(paths: LakePaths, table: str, target: ExportTarget, options: ExportOptions,
              report: ExportReport) -> None:
     """Plan against the published snapshot (no lock: a dry run is a reader)."""
-    if not paths.read_snapshot.exists():
-        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
-                         "and `lake load` first")
+    require_snapshot(paths)
     wh = open_warehouse(paths.read_snapshot, read_only=True)
     try:
         source = describe_source(wh, table)

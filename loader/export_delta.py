@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from lakehouse import failpoints
 from lakehouse.config import LakeConfig
 from lakehouse.db import Warehouse, open_warehouse
-from lakehouse.errors import ExportError, UsageError, WarehouseError
+from lakehouse.errors import ExportError, WarehouseError
 from lakehouse.export_delta import (
     DELTA_FORMAT,
     DeltaPartition,
@@ -54,6 +54,7 @@ from lakehouse.publish import (
     mark_publish_pending,
     publish_pending,
     publish_snapshot,
+    require_snapshot,
 )
 
 if TYPE_CHECKING:
@@ -211,9 +212,7 @@ def _report_sizes(report: ExportReport, dtarget: DeltaTarget, plan: DeltaPlan,
 def _dry_run(paths: LakePaths, table: str, dtarget: DeltaTarget, options: ExportOptions,
              report: ExportReport) -> None:
     """Plan against the published snapshot (no lock: a dry run is a reader)."""
-    if not paths.read_snapshot.exists():
-        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
-                         "and `lake load` first")
+    require_snapshot(paths)
     wh = open_warehouse(paths.read_snapshot, read_only=True)
     try:
         source = describe_source(wh, table)

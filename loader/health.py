@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from lakehouse.db import Warehouse
-from lakehouse.errors import UsageError
 from lakehouse.layout import LakePaths
-from lakehouse.publish import open_snapshot
+from lakehouse.publish import open_snapshot, require_snapshot
 
 # The run log's standard questions: `lake health` prints all four; `lake audit` reports the
 # first two (loader/audit.py).
@@ -88,9 +87,7 @@ def check_health(root: str | Path) -> dict[str, list[dict[str, Any]]]:
         UsageError: no snapshot is published yet (run `lake init` and `lake load` first).
     """
     paths = LakePaths.at(root)
-    if not paths.read_snapshot.exists():
-        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
-                         "and `lake load` first")
+    require_snapshot(paths)
     wh = open_snapshot(paths)
     try:
         return health_report(wh)

@@ -44,13 +44,11 @@ def run_query(root: Path, sql: str, batch_rows: int = BATCH_ROWS) -> Iterator[Qu
     Raises:
         UsageError: the SQL is not one read-only statement, fails, or there is no snapshot.
     """
-    from lakehouse.publish import open_snapshot
+    from lakehouse.publish import open_snapshot, require_snapshot
 
     single_read_statement(sql)  # refused before the snapshot is opened
     paths = LakePaths.at(root)
-    if not paths.read_snapshot.exists():
-        raise UsageError(f"no published snapshot at {paths.read_snapshot}: run `lake init` "
-                         "and `lake load` first")
+    require_snapshot(paths)
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
     try:
         wh = open_snapshot(paths, temp_directory=scratch)
