@@ -335,6 +335,40 @@ class Bench:
             shutil.rmtree(root, ignore_errors=True)  # up to 3x the warehouse on disk
 
 
+    # -- issue 17, part 3: the fixed cost of a cron tick -------------------------------------
+    def tick_cost(self) -> None:
+        """Case 10: what a whole `lake load` process costs when nothing is staged, and with one
+        100-row run, against ``python -c pass`` (interpreter start-up) in the same run; the
+        three alternate round by round. Timed from outside: process start to exit."""
+        sys.path.insert(0, str(REPO))
+        from benchmarks.data import events
+        from staging import stage
+
+        empty = self.template("tick-empty", "append", [])
+        one = self.template("tick-one", "append", [])
+        start_up = Result("10 fixed cost", "python -c pass", 0)
+        idle = Result("10 fixed cost", "lake load, nothing staged", 0, baseline=start_up.label)
+        small = Result("10 fixed cost", "lake load, one 100-row run", 100, baseline=start_up.label)
+        lake = lake_command()
+        for i in range(max(5, 5 * self.repeat)):
+            stage(one, "events", events(i * 100, 100, i), producer="tick")
+            for result, argv in ((start_up, [sys.executable, "-c", "pass"]),
+                                 (idle, [*lake, "--root", str(empty), "load"]),
+                                 (small, [*lake, "--root", str(one), "load"])):
+                measured = timed_process(argv)
+                result.seconds.append(measured["seconds"])
+                result.rss.append(measured["rss_mib"])
+        for result in (start_up, idle, small):
+            self.results.append(result)
+            print(f"  {result.case:14} {result.label:38} median {result.median:8.3f}s  "
+                  f"rss {max(result.rss):7.0f} MiB", flush=True)
+        heavy = sorted({"pandera", "polars", "pandas"}
+                       & imported_modules([*lake, "--root", str(empty), "load"]))
+        idle.note = (f"{1000 * (idle.median - start_up.median):.0f} ms over start-up; "
+                     f"imports {', '.join(heavy) or 'neither pandera nor polars'}")
+        small.note = f"{1000 * (small.median - idle.median):.0f} ms over the empty tick"
+
+
 # Case 9: warehouse sizes (MiB of incompressible data) and the tick's run.
 TICK_MIB = {"small": [4, 16], "full": [100, 1024, 4096]}
 TICK_ROWS = 100
@@ -431,40 +465,6 @@ def tick_disk(root: Path) -> str:
     versions = len(list((folder / "snapshots").glob("lake.read.*.duckdb")))
     return (f"{used / 2**20:,.0f} MiB in all ({used / live:.1f}x the warehouse, "
             f"{versions} versions)")
-
-    # -- issue 17, part 3: the fixed cost of a cron tick -------------------------------------
-    def tick_cost(self) -> None:
-        """Case 10: what a whole `lake load` process costs when nothing is staged, and with one
-        100-row run, against ``python -c pass`` (interpreter start-up) in the same run; the
-        three alternate round by round. Timed from outside: process start to exit."""
-        sys.path.insert(0, str(REPO))
-        from benchmarks.data import events
-        from staging import stage
-
-        empty = self.template("tick-empty", "append", [])
-        one = self.template("tick-one", "append", [])
-        start_up = Result("10 fixed cost", "python -c pass", 0)
-        idle = Result("10 fixed cost", "lake load, nothing staged", 0, baseline=start_up.label)
-        small = Result("10 fixed cost", "lake load, one 100-row run", 100, baseline=start_up.label)
-        lake = lake_command()
-        for i in range(max(5, 5 * self.repeat)):
-            stage(one, "events", events(i * 100, 100, i), producer="tick")
-            for result, argv in ((start_up, [sys.executable, "-c", "pass"]),
-                                 (idle, [*lake, "--root", str(empty), "load"]),
-                                 (small, [*lake, "--root", str(one), "load"])):
-                measured = timed_process(argv)
-                result.seconds.append(measured["seconds"])
-                result.rss.append(measured["rss_mib"])
-        for result in (start_up, idle, small):
-            self.results.append(result)
-            print(f"  {result.case:14} {result.label:38} median {result.median:8.3f}s  "
-                  f"rss {max(result.rss):7.0f} MiB", flush=True)
-        heavy = sorted({"pandera", "polars", "pandas"}
-                       & imported_modules([*lake, "--root", str(empty), "load"]))
-        idle.note = (f"{1000 * (idle.median - start_up.median):.0f} ms over start-up; "
-                     f"imports {', '.join(heavy) or 'neither pandera nor polars'}")
-        small.note = f"{1000 * (small.median - idle.median):.0f} ms over the empty tick"
-
 
 def lake_command() -> list[str]:
     """The `lake` console script beside this interpreter (what cron runs), or its module."""
