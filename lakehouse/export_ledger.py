@@ -59,8 +59,13 @@ def insert_export(wh: Warehouse, target: ExportTarget, doc: dict[str, Any], stat
     rows = [_partition_row(doc, target, p, "written" if p.folder in written else "carried")
             for p in partitions]
     rows += [_partition_row(doc, target, p, "removed") for p in removed]
-    # Plain parameters, not an Arrow table: registering one makes DuckDB import pandas,
-    # which costs a CLI process more than the whole export of a small table.
+    _insert_partition_rows(wh, rows)
+
+
+def _insert_partition_rows(wh: Warehouse, rows: list[dict[str, Any]]) -> None:
+    """Insert ``meta.export_partitions`` rows in chunks of plain parameters (not an Arrow
+    table: registering one makes DuckDB import pandas, which costs a CLI process more than
+    the whole export of a small table)."""
     for start in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[start:start + _INSERT_CHUNK]
         marks = ", ".join(["(" + ", ".join(["?"] * len(_PARTITION_COLUMNS)) + ")"] * len(chunk))
@@ -116,12 +121,7 @@ def insert_delta_export(wh: Warehouse, target_url: str, meta: dict[str, Any], ve
         action = "written" if p in fresh else "carried"
         rows.append(_delta_row(meta, target_url, p, action, size[k]))
     rows += [_delta_row(meta, target_url, p, "removed", (0, 0)) for p in removed]
-    for start in range(0, len(rows), _INSERT_CHUNK):
-        chunk = rows[start:start + _INSERT_CHUNK]
-        marks = ", ".join(["(" + ", ".join(["?"] * len(_PARTITION_COLUMNS)) + ")"] * len(chunk))
-        wh.execute(f"INSERT INTO meta.export_partitions ({', '.join(_PARTITION_COLUMNS)}) "
-                   f"VALUES {marks}", [r[c] for r in chunk for c in _PARTITION_COLUMNS],
-                   action="recording the export's partitions")
+    _insert_partition_rows(wh, rows)
 
 
 def _delta_partition(item: list[Any]) -> tuple[Any, list[Any], int, str, str]:
